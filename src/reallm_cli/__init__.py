@@ -1,0 +1,3 @@
+"""reallm: real-time streaming speech recognition with Speech ReaLLM."""
+
+__version__ = "0.1.0"

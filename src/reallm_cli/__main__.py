@@ -1,0 +1,3 @@
+from reallm_cli.cli.app import main
+
+main()
