@@ -10,7 +10,7 @@ class Word:
     text: str
     start_s: float  # stream time at which the chunk holding its first piece began
     end_s: float  # stream time at which the chunk holding its last piece ended
-    emit_s: float  # stream time of audio consumed when the word became final (latency = emit_s - end_s)
+    emit_s: float  # stream time by which its whole text was shown: chunk end + encoder look-ahead
 
 
 @dataclass(frozen=True)

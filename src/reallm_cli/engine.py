@@ -1,0 +1,201 @@
+"""The streaming recogniser: audio blocks of any size in, events out. A file and a microphone share it.
+
+One ``Session`` per stream carries every cache: the log-mel front end, the encoder state, the frames
+waiting to fill a chunk, and the decoder's KV cache. Decoding is greedy: after each speech embedding
+the decoder emits word pieces until BLANK, capped at ``max_tokens_per_chunk``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reallm_cli.audio.features import StreamingLogMel
+from reallm_cli.results import Event, Word
+from reallm_cli.timebase import SAMPLE_RATE
+from reallm_cli.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    max_tokens_per_chunk: int = 10  # a decoder that loops is cut off after this many pieces per chunk
+    finalize_after_chunks: int = 2  # a word with no continuation for this many chunks becomes final
+
+
+@dataclass
+class _PendingWord:
+    pieces: list[int]
+    first_chunk: int
+    last_chunk: int
+
+
+class Session:
+    """One stream. ``push`` audio (float32 mono 16 kHz, any block size); ``flush`` at the end."""
+
+    def __init__(self, recognizer: "Recognizer"):
+        self.recognizer = recognizer
+        model = recognizer.model
+        self._model = model
+        self._tok = recognizer.tokenizer
+        self._opts = recognizer.options
+        self._mel = StreamingLogMel()
+        self._enc_state = model.encoder.init_state(1)
+        self._frames: list[torch.Tensor] = []  # encoder frames (t, C) not yet a whole chunk
+        self._n_frames = 0
+        self._kv = model.decoder.init_cache(1)
+        self._chunk_s = model.chunk_ms / 1000
+        # The embedding of chunk c can be computed once audio up to its end plus the look-ahead arrived.
+        self._delay_s = model.encoder.lookahead_ms / 1000
+        self.chunks_done = 0
+        self._word: _PendingWord | None = None
+        self._samples_in = 0
+        self.compute_s = 0.0
+        self.tokens: list[tuple[int, int]] = []  # (token id, chunk index) for every piece emitted
+        self.chunk_compute_s: list[float] = []  # wall time of each chunk's decode (encoder time excluded)
+        self._closed = False
+
+    @property
+    def audio_s(self) -> float:
+        return self._samples_in / SAMPLE_RATE
+
+    def push(self, audio: np.ndarray) -> Event:
+        """Feed one block of audio; returns the words that became final and the text in progress."""
+        if self._closed:
+            raise RuntimeError("session already flushed")
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        t0 = time.perf_counter()
+        self._samples_in += audio.shape[0]
+        with torch.inference_mode():
+            mel = self._mel.push(audio)  # (t, 80)
+            frames = torch.empty(0)
+            if mel.shape[0]:
+                frames, self._enc_state = self._model.encoder.step(mel[None], self._enc_state)
+            final = self._consume(frames, last=False)
+        self.compute_s += time.perf_counter() - t0
+        return Event(final=tuple(final), partial=self.partial_text, audio_s=self.audio_s)
+
+    def flush(self) -> Event:
+        """End of stream: the remaining audio is decoded and every word becomes final."""
+        if self._closed:
+            return Event(audio_s=self.audio_s)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            mel = self._mel.flush()
+            parts = []
+            if mel.shape[0]:
+                f, self._enc_state = self._model.encoder.step(mel[None], self._enc_state)
+                parts.append(f)
+            f, self._enc_state = self._model.encoder.flush(self._enc_state)
+            parts.append(f)
+            final = self._consume(torch.cat([p.reshape(1, -1, self._model.encoder.out_dim) for p in parts], 1), last=True)
+            if self._word is not None:
+                final.append(self._finish_word(self._word))
+                self._word = None
+        self.compute_s += time.perf_counter() - t0
+        self._closed = True
+        return Event(final=tuple(final), partial="", audio_s=self.audio_s)
+
+    @property
+    def partial_text(self) -> str:
+        return self._tok.decode(self._word.pieces).strip() if self._word else ""
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _consume(self, frames: torch.Tensor, last: bool) -> list[Word]:
+        """Group encoder frames into chunks and decode every whole chunk (and the tail when ``last``)."""
+        if frames.numel():
+            self._frames.append(frames.reshape(-1, frames.shape[-1]))
+            self._n_frames += frames.shape[-2]
+        k = self._model.frames_per_chunk
+        n_whole = self._n_frames // k
+        take = n_whole * k + (self._n_frames % k if last else 0)
+        if take == 0:
+            return []
+        buf = torch.cat(self._frames, 0)
+        ready, rest = buf[:take], buf[take:]
+        self._frames = [rest] if rest.shape[0] else []
+        self._n_frames = rest.shape[0]
+        embeddings = self._model.speech_embeddings(ready[None])[0]  # (n, D)
+        words: list[Word] = []
+        for emb in embeddings:
+            words.extend(self._decode_chunk(emb))
+        return words
+
+    def _decode_chunk(self, emb: torch.Tensor) -> list[Word]:
+        t0 = time.perf_counter()
+        c = self.chunks_done
+        dec = self._model.decoder
+        blank = self._tok.blank
+        logits = dec.step(emb.view(1, 1, -1), self._kv)  # (1, 1, V)
+        words: list[Word] = []
+        emitted = 0
+        while True:
+            token = int(logits[0, -1].argmax())
+            if token == blank or emitted >= self._opts.max_tokens_per_chunk:
+                break
+            emitted += 1
+            self.tokens.append((token, c))
+            if self._tok.starts_word(token) or self._word is None:
+                if self._word is not None:
+                    words.append(self._finish_word(self._word))
+                self._word = _PendingWord([token], c, c)
+            else:
+                self._word.pieces.append(token)
+                self._word.last_chunk = c
+            logits = dec.step(dec.embed(torch.tensor([[token]])), self._kv)
+        if self._word is not None and c - self._word.last_chunk >= self._opts.finalize_after_chunks:
+            words.append(self._finish_word(self._word))
+            self._word = None
+        self.chunks_done += 1
+        self.chunk_compute_s.append(time.perf_counter() - t0)
+        return words
+
+    def _finish_word(self, w: _PendingWord) -> Word:
+        # The word's whole text is on screen (as partial) once the chunk of its last piece is decoded,
+        # which needs audio up to that chunk's end plus the encoder's look-ahead.
+        end_s = (w.last_chunk + 1) * self._chunk_s
+        return Word(
+            text=self._tok.decode(w.pieces).strip(),
+            start_s=round(w.first_chunk * self._chunk_s, 3),
+            end_s=round(end_s, 3),
+            emit_s=round(end_s + self._delay_s, 3),
+        )
+
+
+class Recognizer:
+    """A loaded model plus decode options; makes one ``Session`` per stream."""
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, model, tokenizer: Tokenizer, options: DecodeOptions | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.options = options or DecodeOptions(max_tokens_per_chunk=model.config.max_tokens_per_chunk)
+
+    @classmethod
+    def load(cls, model: str | Path | None = None, **option_overrides) -> "Recognizer":
+        """Load by registry name, path, or None for the embedded default model."""
+        from reallm_cli.model.checkpoint import load_model
+        from reallm_cli.weights import resolve_model
+
+        m, tok = load_model(resolve_model(model))
+        rec = cls(m, tok)
+        if option_overrides:
+            rec.options = replace(rec.options, **option_overrides)
+        return rec
+
+    def session(self) -> Session:
+        return Session(self)
+
+    def transcribe_array(self, audio: np.ndarray, block_samples: int = 16000 * 8) -> list[Word]:
+        """Stream a whole array through a session (the same loop a microphone uses)."""
+        s = self.session()
+        words: list[Word] = []
+        for i in range(0, len(audio), block_samples):
+            words.extend(s.push(audio[i : i + block_samples]).final)
+        words.extend(s.flush().final)
+        return words

@@ -1,0 +1,101 @@
+"""A model file is one safetensors file: weights plus, in its metadata, the config and the tokenizer.
+
+So a file alone rebuilds its model: ``load_model(path)`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from reallm_cli.errors import ModelError
+from reallm_cli.model.reallm import ReaLLM, ReaLLMConfig
+from reallm_cli.tokenizer import Tokenizer
+
+FORMAT = "reallm-model/1"
+
+
+def build_encoder(kind: str, cfg: dict):
+    """Rebuild an encoder from its kind and config dict (as stored in the checkpoint)."""
+    if kind == "conformer":
+        from reallm_cli.model.conformer import ConformerConfig, ConformerEncoder
+
+        return ConformerEncoder(ConformerConfig(**cfg))
+    if kind == "whisper":
+        from reallm_cli.model.whisper_encoder import WhisperEncoderConfig, WhisperStreamingEncoder
+
+        return WhisperStreamingEncoder(WhisperEncoderConfig(**cfg))
+    raise ModelError(f"unknown encoder kind {kind!r} in model file")
+
+
+def build_model(config: ReaLLMConfig) -> ReaLLM:
+    return ReaLLM(config, build_encoder(config.encoder_kind, config.encoder))
+
+
+def save_model(path: str | Path, model: ReaLLM, tokenizer: Tokenizer, dtype: torch.dtype = torch.float16,
+               extra: dict | None = None) -> None:
+    """Write weights (``dtype``), config and tokenizer to one safetensors file, atomically."""
+    path = Path(path)
+    tensors = {k: v.detach().to(dtype).contiguous() if v.is_floating_point() else v.detach().contiguous()
+               for k, v in model.state_dict().items()}
+    meta = {
+        "format": FORMAT,
+        "config": json.dumps(model.config.to_dict()),
+        "tokenizer": base64.b64encode(tokenizer.model_proto).decode("ascii"),
+        "extra": json.dumps(extra or {}),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_metadata(path: str | Path) -> dict:
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model file not found: {path}")
+    if path.is_dir():
+        raise ModelError(f"model path is a directory, not a model file: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"not a reallm model file (not safetensors): {path}") from exc
+    if meta.get("format") != FORMAT:
+        raise ModelError(f"not a reallm model file (safetensors without reallm metadata): {path}")
+    return meta
+
+
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[ReaLLM, Tokenizer]:
+    """Rebuild model and tokenizer from one file; weights are cast to ``dtype`` (fp32 runs fastest on CPU)."""
+    meta = read_metadata(path)
+    try:
+        config = ReaLLMConfig.from_dict(json.loads(meta["config"]))
+        tokenizer = Tokenizer(base64.b64decode(meta["tokenizer"]))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelError(f"corrupt reallm model file {path}: {exc}") from exc
+    model = build_model(config)
+    try:
+        state = load_file(str(path))
+        model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()})
+    except (RuntimeError, SafetensorError) as exc:
+        raise ModelError(f"model file {path} does not match its config: {str(exc).splitlines()[0]}") from exc
+    return model.to(dtype).eval(), tokenizer
+
+
+def model_extra(path: str | Path) -> dict:
+    return json.loads(read_metadata(path).get("extra", "{}"))

@@ -1,0 +1,83 @@
+"""Speech ReaLLM: a streaming encoder, a projection of each chunk's frames to one embedding, and a decoder.
+
+The decoder reads one speech embedding per chunk in the same sequence as word pieces; after each
+embedding it emits pieces until BLANK. Training is cross-entropy on that interleaved sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from reallm_cli.model.decoder import DecoderConfig, LlamaDecoder
+from reallm_cli.model.encoder import StreamingEncoder
+from reallm_cli.timebase import exact_div
+
+
+@dataclass(frozen=True)
+class ReaLLMConfig:
+    encoder_kind: str  # "conformer" | "whisper"
+    encoder: dict  # the encoder's own frozen config, as a dict (rebuilt by model.registry)
+    decoder: DecoderConfig
+    max_tokens_per_chunk: int = 10  # stops a looping decoder; no chunk of 240 ms holds more pieces
+
+    def to_dict(self) -> dict:
+        return {
+            "encoder_kind": self.encoder_kind,
+            "encoder": dict(self.encoder),
+            "decoder": asdict(self.decoder),
+            "max_tokens_per_chunk": self.max_tokens_per_chunk,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ReaLLMConfig":
+        return cls(
+            encoder_kind=d["encoder_kind"],
+            encoder=dict(d["encoder"]),
+            decoder=DecoderConfig(**d["decoder"]),
+            max_tokens_per_chunk=int(d.get("max_tokens_per_chunk", 10)),
+        )
+
+
+class ChunkProjector(nn.Module):
+    """Stacks the encoder frames of one chunk and projects them to one decoder-sized speech embedding."""
+
+    def __init__(self, frames_per_chunk: int, enc_dim: int, d_model: int):
+        super().__init__()
+        self.frames_per_chunk = frames_per_chunk
+        self.norm = nn.LayerNorm(frames_per_chunk * enc_dim)
+        self.proj = nn.Linear(frames_per_chunk * enc_dim, d_model)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, ceil(T / k), d_model); a final partial chunk is zero-padded, as at flush."""
+        b, t, c = frames.shape
+        k = self.frames_per_chunk
+        pad = (-t) % k
+        if pad:
+            frames = F.pad(frames, (0, 0, 0, pad))
+        stacked = frames.reshape(b, (t + pad) // k, k * c)  # (B, N, k*C)
+        return self.proj(self.norm(stacked))
+
+
+class ReaLLM(nn.Module):
+    def __init__(self, config: ReaLLMConfig, encoder: StreamingEncoder):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.frames_per_chunk = exact_div(encoder.chunk_ms, encoder.frame_ms)
+        self.projector = ChunkProjector(self.frames_per_chunk, encoder.out_dim, config.decoder.d_model)
+        self.decoder = LlamaDecoder(config.decoder)
+
+    @property
+    def chunk_ms(self) -> int:
+        return self.encoder.chunk_ms
+
+    def chunk_lengths(self, frame_lengths: torch.Tensor) -> torch.Tensor:
+        return (frame_lengths + self.frames_per_chunk - 1) // self.frames_per_chunk
+
+    def speech_embeddings(self, frames: torch.Tensor) -> torch.Tensor:
+        """Encoder frames (B, T, C) -> speech embeddings (B, N, D)."""
+        return self.projector(frames)
