@@ -1,0 +1,269 @@
+"""The Speech ReaLLM decoder: a small Llama-style transformer that reads input EMBEDDINGS.
+
+The caller interleaves speech embeddings with word-piece embeddings (see ``model.interleave``), so the
+decoder takes (B, L, D) vectors rather than token ids; ``embed`` turns ids into such vectors.
+
+Attention is causal and limited to a sliding window of ``window`` positions, in training and streaming
+alike, so a stream of any length runs with a fixed-size ring KV cache (``KVCache``) and bounded cost per
+step. RoPE angles are computed in float64 from integer positions, so hours into a stream (positions in
+the millions) the rotations are as exact as at position 0; attention only ever sees relative offsets.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    vocab_size: int = 4096
+    d_model: int = 512
+    n_layers: int = 2
+    n_heads: int = 8
+    n_kv_heads: int = 8  # < n_heads gives grouped-query attention (must divide n_heads)
+    ffn_hidden: int = 1408  # SwiGLU hidden width (~8/3 * d_model, as in Llama)
+    rope_theta: float = 10_000.0
+    window: int = 512  # sliding attention window, in positions (speech slots + word pieces)
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True  # output head shares the token embedding matrix
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError("head dimension must be even for RoPE")
+        if self.window < 1:
+            raise ValueError(f"window must be >= 1, got {self.window}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+DECODER_PRESETS: dict[str, DecoderConfig] = {
+    # The paper's size class: 2 layers of d 512 on top of a ~70M Conformer (~80M in all).
+    "paper-80m": DecoderConfig(vocab_size=4096, d_model=512, n_layers=2, n_heads=8, n_kv_heads=8, ffn_hidden=1408),
+    # Trainable on a laptop CPU in well under an hour.
+    "small": DecoderConfig(vocab_size=4096, d_model=256, n_layers=2, n_heads=4, n_kv_heads=4, ffn_hidden=704, window=384),
+}
+
+
+# ----------------------------------------------------------------------------------------------- RoPE
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer positions (T,) -> cos, sin (T, head_dim // 2) in float32, computed in float64.
+
+    float32 angles would lose ~1e-2 rad at position 1e5 (one hour of 40 ms frames); float64 keeps the
+    rotation exact to float32 rounding at any position a stream can reach.
+    """
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (hd/2,)
+    angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # (T, hd/2)
+    angles = torch.remainder(angles, 2 * math.pi)
+    return torch.cos(angles).float(), torch.sin(angles).float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (..., T, head_dim) by cos/sin (T, head_dim // 2); halves layout (x1, x2) = x.chunk(2)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+# ----------------------------------------------------------------------------------------- building blocks
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w_gate = nn.Linear(dim, hidden, bias=False)
+        self.w_up = nn.Linear(dim, hidden, bias=False)
+        self.w_down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """(B, T, D) -> q (B, H, T, hd), k and v (B, Hkv, T, hd); q and k rotated."""
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """q (B, H, T, hd), k/v (B, Hkv, S, hd), mask (T, S) bool True=visible -> (B, T, D)."""
+        rep = self.n_heads // self.n_kv_heads
+        if rep > 1:
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, hd)
+        B, _, T, _ = out.shape
+        return self.wo(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.ffn = SwiGLU(cfg.d_model, cfg.ffn_hidden)
+
+
+# ----------------------------------------------------------------------------------------------- cache
+
+
+@dataclass
+class KVCache:
+    """Ring buffer of the last ``window`` positions' keys and values, for every layer.
+
+    Position p lives in slot p % window; memory is allocated once and never grows.
+    """
+
+    k: torch.Tensor  # (n_layers, B, n_kv_heads, window, head_dim), RoPE already applied
+    v: torch.Tensor  # (n_layers, B, n_kv_heads, window, head_dim)
+    slot_pos: torch.Tensor  # (window,) long: absolute position held by each slot, -1 when empty
+    pos: int  # absolute position of the next input (grows without bound)
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.slot_pos))
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+
+class LlamaDecoder(nn.Module):
+    """Embeddings in, next-token logits out; ``forward`` for training, ``step`` + ``KVCache`` for streams."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.output = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        if cfg.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @property
+    def d_model(self) -> int:
+        return self.cfg.d_model
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(..., L) long -> (..., L, D)."""
+        return self.tok_embeddings(tokens)
+
+    def _run(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache | None):
+        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
+        for i, layer in enumerate(self.layers):
+            q, k, v = layer.attn.project(layer.attn_norm(x), cos, sin)
+            if cache is not None:
+                keys = torch.cat((cache.k[i], k), dim=2)  # (B, Hkv, window + t, hd)
+                values = torch.cat((cache.v[i], v), dim=2)
+                self._write_ring(cache, i, positions, k, v)
+            else:
+                keys, values = k, v
+            x = x + layer.attn.attend(q, keys, values, mask)
+            x = x + layer.ffn(layer.ffn_norm(x))
+        return self.output(self.norm(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) embeddings -> logits (B, L, V), causal within the sliding window.
+
+        Right padding needs no mask: attention is causal, so padded tail positions never influence
+        real ones; the loss ignores them through its targets.
+        """
+        if x.dim() != 3 or x.shape[-1] != self.cfg.d_model:
+            raise ValueError(f"decoder input must be (B, L, {self.cfg.d_model}), got {tuple(x.shape)}")
+        L = x.shape[1]
+        positions = torch.arange(L, device=x.device)
+        offset = positions[:, None] - positions[None, :]  # (L, L) query - key
+        mask = (offset >= 0) & (offset < self.cfg.window)
+        return self._run(x, positions, mask, None)
+
+    # ---------------------------------------------------------------------------------- streaming
+
+    def init_cache(self, batch_size: int = 1, start_pos: int = 0) -> KVCache:
+        """An empty ring cache; ``start_pos`` only shifts absolute positions (outputs do not change)."""
+        c = self.cfg
+        p = next(self.parameters())
+        shape = (c.n_layers, batch_size, c.n_kv_heads, c.window, c.head_dim)
+        return KVCache(
+            k=torch.zeros(shape, dtype=p.dtype, device=p.device),
+            v=torch.zeros(shape, dtype=p.dtype, device=p.device),
+            slot_pos=torch.full((c.window,), -1, dtype=torch.long, device=p.device),
+            pos=int(start_pos),
+        )
+
+    def _write_ring(self, cache: KVCache, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        # Only the newest `window` positions can ever be seen again; older ones of a long block are dropped.
+        n = min(k.shape[2], self.cfg.window)
+        slots = positions[-n:] % self.cfg.window
+        cache.k[layer, :, :, slots] = k[:, :, -n:]
+        cache.v[layer, :, :, slots] = v[:, :, -n:]
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Feed (B, t, D) new embeddings; return their logits (B, t, V). Updates ``cache`` in place."""
+        if x.dim() != 3 or x.shape[-1] != self.cfg.d_model:
+            raise ValueError(f"decoder input must be (B, t, {self.cfg.d_model}), got {tuple(x.shape)}")
+        if x.shape[0] != cache.batch_size:
+            raise ValueError(f"batch size {x.shape[0]} does not match the cache's {cache.batch_size}")
+        t = x.shape[1]
+        if t == 0:
+            return x.new_zeros(x.shape[0], 0, self.cfg.vocab_size)
+        positions = torch.arange(cache.pos, cache.pos + t, device=x.device)  # (t,)
+        key_pos = torch.cat((cache.slot_pos, positions))  # (window + t,)
+        offset = positions[:, None] - key_pos[None, :]  # (t, window + t)
+        mask = (key_pos[None, :] >= 0) & (offset >= 0) & (offset < self.cfg.window)
+        # slot_pos is read for the mask above before the layers overwrite slots, then updated once.
+        logits = self._run(x, positions, mask, cache)
+        n = min(t, self.cfg.window)
+        cache.slot_pos[positions[-n:] % self.cfg.window] = positions[-n:]
+        cache.pos += t
+        return logits
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Distinct trainable parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
