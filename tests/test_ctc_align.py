@@ -138,3 +138,49 @@ def test_token_chunks_from_frames():
     assert token_chunks_from_frames([9, 3], 40, 240) == [1, 1]
     with pytest.raises(AlignmentError):
         token_chunks_from_frames([1], 0, 240)
+
+
+# --- alignment files -------------------------------------------------------------------------
+
+
+def test_alignment_file_round_trip_and_report(tmp_path):
+    from reallm_cli.align.alignment_file import align_record, alignment_report, read_alignments, write_alignments
+
+    vocab, blank = 5, 0
+    logp = np.full((30, vocab), np.log(0.01))
+    logp[:, blank] = np.log(0.96)
+    for frame, tok in [(4, 2), (11, 3), (25, 1)]:
+        logp[frame] = np.log(0.01)
+        logp[frame, tok] = np.log(0.96)
+    ok = align_record("a", logp, [2, 3, 1], blank, frame_ms=40, chunk_ms=240)
+    bad = align_record("b", logp[:2], [2, 3, 1], blank, frame_ms=40, chunk_ms=240)
+    assert ok.ok and ok.token_frames == (4, 11, 25) and ok.token_chunks == (0, 1, 4)
+    assert not bad.ok and "frames" in bad.error
+
+    path = tmp_path / "align.jsonl"
+    assert write_alignments(path, [ok, bad]) == 2
+    back = read_alignments(path)
+    assert back == [ok, bad]
+
+    rep = alignment_report(back, frame_ms=40, chunk_ms=240)
+    assert rep.n_utterances == 2 and rep.n_failed == 1 and rep.failed_share == 0.5
+    # heard at 200, 480, 1040 ms; embeddings ready at 240, 480, 1200 ms -> delays 40, 0, 160
+    assert rep.n_tokens == 3
+    assert rep.mean_delay_ms == pytest.approx(200 / 3)
+    assert rep.median_delay_ms == 40 and rep.max_delay_ms == 160
+    assert "50.0%" in rep.summary()
+
+
+def test_alignment_file_errors_name_the_line(tmp_path):
+    from reallm_cli.align.alignment_file import AlignmentFileError, read_alignments
+
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"id": "x", "tokens": [1, 2], "token_chunks": [0, 1]}\n{"id": "y", "tokens": [1], "token_chunks": [0, 1]}\n')
+    with pytest.raises(AlignmentFileError, match=r"a\.jsonl:2: 1 tokens but 2"):
+        read_alignments(path)
+    path.write_text('{"id": "x", "tokens": [1, 2], "token_chunks": [1, 0]}\n')
+    with pytest.raises(AlignmentFileError, match=r":1: token_chunks must be"):
+        read_alignments(path)
+    path.write_text("{oops\n")
+    with pytest.raises(AlignmentFileError, match=r":1: invalid JSON"):
+        read_alignments(path)

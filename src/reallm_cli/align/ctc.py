@@ -179,8 +179,8 @@ def ctc_forced_align_batch(
     for i, b in enumerate(live):
         e, k = _extended(toks_list[b], blank)
         ext[i, : len(e)], skip_ok[i, : len(k)], valid[i, : len(e)] = e, k, True
-    sub = lp[live]  # (B', T, V)
-    emit = np.take_along_axis(sub, ext[:, None, :].repeat(max_frames, axis=1), axis=2)  # (B', T, S)
+    live_idx = np.array(live)[:, None, None]
+    emit = lp[live_idx, np.arange(max_frames)[None, :, None], ext[:, None, :]]  # (B', T, S), no (B, T, V) copy
     emit = np.where(valid[:, None, :], emit, NEG_INF)
     lens = np.array([lengths[b] for b in live])
 
