@@ -1,0 +1,565 @@
+"""A pretrained Whisper encoder made chunk-causal, with a parallel ``forward`` and a streaming ``step``.
+
+Pipeline (Whisper's, unchanged): log-mel (10 ms frames) -> conv1 (k3, pad 1) + GELU -> conv2 (k3, stride 2,
+pad 1) + GELU -> + sinusoidal position -> pre-norm transformer layers -> final layer norm; one output frame
+every 20 ms. What we change is only *what each frame may attend to*:
+
+- **Chunks.** Output frames are grouped in chunks of ``chunk_ms`` (12 frames at 240 ms). A frame sees all
+  frames of its own chunk and every earlier chunk of the current window.
+- **Look-ahead, layer-wise.** With ``lookahead_ms = N * chunk_ms`` the first N layers let chunk c also see
+  chunk c + 1; the remaining layers are chunk-causal. Output chunk c then depends on input up to chunk c + N
+  exactly, whatever the depth. (A mask letting *every* layer look one chunk ahead would give a receptive
+  field of n_layers chunks, and an Emformer-style right context would need extra per-chunk compute and a
+  second set of hidden states.) Streaming stays exact: layer l < N holds its newest chunk back until the next
+  chunk's keys arrive, the upper layers run as soon as their input is there.
+- **Conv stem.** The convolutions are kept as trained; conv2's output frame j reads mel frames 2j-2 .. 2j+2,
+  so a chunk also needs the first mel frame (10 ms) of the next one: ``stem_lookahead_ms = 10`` on top of
+  ``lookahead_ms``. The stream starts with zero padding, like the offline convolution.
+- **Windows (restarts).** Whisper only knows positions 0 .. 1499 (30 s). Endless audio is cut into windows
+  of ``window_ms``; window k starts at frame ``k * stride`` (stride = window - overlap - look-ahead) and
+  re-encodes ``overlap_ms`` of audio from position 0 as left context. Every output frame is emitted by
+  exactly one window, one whose input holds the frame's full look-ahead. The conv stem is position-free and
+  runs continuously. ``forward`` applies the same windows, so forward == step on any length.
+
+Streaming cost is bounded: per window and layer a preallocated KV cache of ``window`` frames; at most two
+windows are open at once (the new one is encoded alongside the old one during the overlap, so there is
+no burst of re-encoding at a restart).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from reallm_cli.errors import ModelError, ReallmError
+from reallm_cli.timebase import MEL_FRAME_MS, N_MELS, exact_div
+
+FRAME_MS = 2 * MEL_FRAME_MS  # conv2 has stride 2: one output frame per 20 ms
+STEM_LOOKAHEAD_MS = MEL_FRAME_MS  # conv2 frame j needs mel frame 2j+2, one past its own two frames
+FILE_FORMAT = "reallm-whisper-encoder/1"
+
+
+class WhisperConfigError(ReallmError):
+    """Inconsistent chunk / look-ahead / window settings."""
+
+
+class EncoderInputError(ReallmError):
+    """Mel input of the wrong shape, or a stream used after its end."""
+
+
+@dataclass(frozen=True)
+class WhisperEncoderConfig:
+    """Architecture (from the pretrained file) plus the streaming schedule (chosen at load time)."""
+
+    d_model: int = 512
+    n_heads: int = 8
+    n_layers: int = 6
+    ffn_dim: int = 2048
+    n_mels: int = N_MELS
+    n_ctx: int = 1500  # positions Whisper was trained with (30 s of 20 ms frames)
+    layer_norm_eps: float = 1e-5
+    chunk_ms: int = 240
+    lookahead_ms: int = 0  # N * chunk_ms, spent in the first N layers
+    window_ms: int = 28_800  # one encoder window (<= n_ctx frames); a multiple of 240 and 480
+    overlap_ms: int = 4_800  # left context re-encoded at each restart
+    source: str = ""  # e.g. "whisper-base", for humans
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> None:
+            raise WhisperConfigError(f"whisper encoder config: {msg}")
+
+        if self.d_model % self.n_heads:
+            bad(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if self.chunk_ms <= 0 or self.chunk_ms % FRAME_MS:
+            bad(f"chunk_ms {self.chunk_ms} must be a positive multiple of {FRAME_MS} ms")
+        if self.lookahead_ms < 0 or self.lookahead_ms % self.chunk_ms:
+            bad(f"lookahead_ms {self.lookahead_ms} must be 0 or a multiple of chunk_ms {self.chunk_ms}")
+        if self.lookahead_chunks > self.n_layers:
+            bad(f"look-ahead of {self.lookahead_chunks} chunks needs more than {self.n_layers} layers")
+        if self.window_ms <= 0 or self.window_ms % self.chunk_ms:
+            bad(f"window_ms {self.window_ms} must be a positive multiple of chunk_ms {self.chunk_ms}")
+        if self.window_frames > self.n_ctx:
+            bad(f"window_ms {self.window_ms} exceeds the {self.n_ctx * FRAME_MS} ms the model has positions for")
+        if self.overlap_ms < 0 or self.overlap_ms % self.chunk_ms:
+            bad(f"overlap_ms {self.overlap_ms} must be 0 or a multiple of chunk_ms {self.chunk_ms}")
+        if self.stride_frames <= 0:
+            bad(f"window_ms {self.window_ms} must exceed overlap_ms + lookahead_ms "
+                f"({self.overlap_ms} + {self.lookahead_ms})")
+
+    @property
+    def frame_ms(self) -> int:
+        return FRAME_MS
+
+    @property
+    def frames_per_chunk(self) -> int:
+        return self.chunk_ms // FRAME_MS
+
+    @property
+    def lookahead_chunks(self) -> int:
+        return self.lookahead_ms // self.chunk_ms
+
+    @property
+    def window_frames(self) -> int:
+        return self.window_ms // FRAME_MS
+
+    @property
+    def overlap_frames(self) -> int:
+        return self.overlap_ms // FRAME_MS
+
+    @property
+    def stride_frames(self) -> int:
+        """Distance between window starts: each window emits this many frames (the first one: + overlap)."""
+        return self.window_frames - self.overlap_frames - self.lookahead_chunks * self.frames_per_chunk
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def window_start_frame(cfg: WhisperEncoderConfig, k: int) -> int:
+    """First (global) output frame encoded by window k, at position 0."""
+    return k * cfg.stride_frames
+
+
+def window_emit_range(cfg: WhisperEncoderConfig, k: int) -> tuple[int, int]:
+    """Global output frames [start, end) that window k emits; consecutive windows tile the stream."""
+    start = 0 if k == 0 else window_start_frame(cfg, k) + cfg.overlap_frames
+    return start, window_start_frame(cfg, k + 1) + cfg.overlap_frames
+
+
+def sinusoids(length: int, channels: int) -> torch.Tensor:
+    """Whisper's fixed position table (length, channels): sin | cos over geometric timescales 1 .. 10000."""
+    half = channels // 2
+    inc = math.log(10_000) / (half - 1)
+    inv = torch.exp(-inc * torch.arange(half, dtype=torch.float64))
+    t = torch.arange(length, dtype=torch.float64)[:, None] * inv[None, :]
+    return torch.cat([t.sin(), t.cos()], dim=1).float()
+
+
+def chunk_mask(q_start: int, n_q: int, n_k: int, frames_per_chunk: int, lookahead_chunks: int,
+               device: torch.device) -> torch.Tensor | None:
+    """(n_q, n_k) bool, True = may attend: key chunk <= query chunk + look-ahead; None when all keys are visible."""
+    if n_q == 0 or n_k == 0:
+        return None
+    if (n_k - 1) // frames_per_chunk <= q_start // frames_per_chunk + lookahead_chunks:
+        return None
+    q_chunk = torch.arange(q_start, q_start + n_q, device=device) // frames_per_chunk
+    k_chunk = torch.arange(n_k, device=device) // frames_per_chunk
+    return k_chunk[None, :] <= q_chunk[:, None] + lookahead_chunks
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.query = nn.Linear(d_model, d_model)
+        # No key bias, as in Whisper: it adds the same q.b to every logit of a query, which softmax ignores.
+        self.key = nn.Linear(d_model, d_model, bias=False)
+        self.value = nn.Linear(d_model, d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        return x.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)  # (B, H, T, dh)
+
+    def keys_values(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.heads(self.key(h)), self.heads(self.value(h))
+
+    def attend(self, h: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        q = self.heads(self.query(h))  # (B, H, Tq, dh)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, Tq, dh)
+        b, _, t, _ = a.shape
+        return self.out(a.transpose(1, 2).reshape(b, t, -1))
+
+
+class ResidualAttentionBlock(nn.Module):
+    def __init__(self, cfg: WhisperEncoderConfig):
+        super().__init__()
+        self.attn_ln = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.attn = MultiHeadAttention(cfg.d_model, cfg.n_heads)
+        self.mlp_ln = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.ffn_dim), nn.GELU(), nn.Linear(cfg.ffn_dim, cfg.d_model))
+
+    def finish(self, x: torch.Tensor, h: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               mask: torch.Tensor | None) -> torch.Tensor:
+        """Queries x (B, Tq, D) with h = attn_ln(x), over keys/values (B, H, Tk, dh) -> (B, Tq, D)."""
+        x = x + self.attn.attend(h, k, v, mask)
+        return x + self.mlp(self.mlp_ln(x))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        h = self.attn_ln(x)
+        k, v = self.attn.keys_values(h)
+        return self.finish(x, h, k, v, mask)
+
+
+# ----------------------------------------------------------------------------------------- streaming state
+
+
+@dataclass
+class LayerCache:
+    """One layer of one window."""
+
+    k: torch.Tensor  # (B, H, window_frames, dh), valid [:, :, :n_keys]
+    v: torch.Tensor  # (B, H, window_frames, dh)
+    held: torch.Tensor  # (B, <= frames_per_chunk, D) inputs whose queries wait for the next chunk (look-ahead layers)
+    n_keys: int = 0  # frames whose keys/values are cached
+    n_queries: int = 0  # frames this layer has output
+
+
+@dataclass
+class WindowState:
+    index: int  # k
+    start_frame: int  # global output frame at position 0
+    emit_start: int  # global output frames [emit_start, emit_end) are this window's to emit
+    emit_end: int
+    layers: list[LayerCache]
+    n_fed: int = 0  # frames fed (positions 0 .. n_fed-1)
+
+
+@dataclass
+class WhisperStreamState:
+    mel_tail: torch.Tensor  # (B, <= 2, n_mels) last mel frames conv1 still needs; starts as one zero pad frame
+    h1_tail: torch.Tensor  # (B, <= 2, D) conv1 outputs conv2 still needs; starts as one zero pad frame
+    pending: torch.Tensor  # (B, < frames_per_chunk, D) conv frames not yet a whole chunk
+    windows: list[WindowState] = field(default_factory=list)  # open windows, oldest first (at most 2)
+    next_window: int = 0  # index of the next window to open
+    n_fed: int = 0  # conv frames fed to the transformer windows (global)
+    n_emitted: int = 0  # output frames returned so far
+    n_mel: int = 0  # mel frames pushed
+    finished: bool = False
+
+
+# ----------------------------------------------------------------------------------------- the encoder
+
+
+class WhisperStreamingEncoder(nn.Module):
+    """Chunk-causal Whisper encoder; keeps the StreamingEncoder contract (model/encoder.py)."""
+
+    def __init__(self, config: WhisperEncoderConfig):
+        super().__init__()
+        self.config = config
+        self.out_dim = config.d_model
+        self.frame_ms = FRAME_MS
+        self.chunk_ms = config.chunk_ms
+        self.lookahead_ms = config.lookahead_ms
+        self.stem_lookahead_ms = STEM_LOOKAHEAD_MS
+        self.conv1 = nn.Conv1d(config.n_mels, config.d_model, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(config.d_model, config.d_model, kernel_size=3, stride=2, padding=1)
+        self.register_buffer("positional_embedding", sinusoids(config.n_ctx, config.d_model))
+        self.blocks = nn.ModuleList(ResidualAttentionBlock(config) for _ in range(config.n_layers))
+        self.ln_post = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+
+    # ---- helpers
+
+    def _layer_lookahead(self, layer: int) -> int:
+        return 1 if layer < self.config.lookahead_chunks else 0
+
+    def _check_mel(self, mel: torch.Tensor) -> None:
+        if mel.dim() != 3 or mel.shape[-1] != self.config.n_mels:
+            raise EncoderInputError(f"expected log-mel of shape (batch, frames, {self.config.n_mels}), "
+                                    f"got {tuple(mel.shape)}")
+
+    def conv_stem(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T_mel, n_mels) -> (B, ceil(T_mel / 2), D), lengths; padding frames act as the stream's end."""
+        b, t, _ = mel.shape
+        valid = torch.arange(t, device=mel.device)[None, :] < mel_lengths[:, None]  # (B, T_mel)
+        x = (mel * valid[..., None]).transpose(1, 2)  # (B, n_mels, T_mel)
+        h1 = F.gelu(self.conv1(x)) * valid[:, None, :]  # conv2 must see zeros past the end, as when streaming
+        h2 = F.gelu(self.conv2(h1)).transpose(1, 2)  # (B, T_out, D)
+        return h2, (mel_lengths + 1) // 2
+
+    def _encode_window(self, x: torch.Tensor, valid: torch.Tensor | None, full_attention: bool,
+                       keep_hidden: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One window (positions from 0) in one masked pass: (B, T, D) -> (B, T, D) (+ each layer's output)."""
+        b, t, _ = x.shape
+        x = x + self.positional_embedding[:t].to(x.dtype)
+        cfg = self.config
+        base = {la: (None if full_attention else chunk_mask(0, t, t, cfg.frames_per_chunk, la, x.device))
+                for la in (0, 1)}
+        masks = {}
+        for la, m in base.items():
+            if valid is not None:
+                key_ok = torch.arange(t, device=x.device)[None, :] < valid[:, None]  # (B, T)
+                m2 = key_ok[:, None, :] if m is None else (m[None] & key_ok[:, None, :])  # (B, T|1, T)
+                # Padding queries see everything, so no row is all -inf (their outputs are discarded).
+                m = (m2 | ~key_ok[:, :, None])[:, None]  # (B, 1, T, T)
+            masks[la] = m
+        hidden = []
+        for layer, block in enumerate(self.blocks):
+            x = block(x, masks[self._layer_lookahead(layer)])
+            if keep_hidden:
+                hidden.append(x)
+        return self.ln_post(x), hidden
+
+    # ---- parallel
+
+    def forward(self, mel: torch.Tensor, mel_lengths: torch.Tensor, *,
+                full_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T_mel, n_mels), (B,) -> frames (B, T_out, D), lengths (B,); T_out = ceil(T_mel / 2).
+
+        ``full_attention=True`` is the original Whisper (no mask, one window, positions from 0); it exists to
+        check an import against the original's outputs.
+        """
+        frames, lengths, _ = self._forward(mel, mel_lengths, full_attention, keep_hidden=False)
+        return frames, lengths
+
+    def forward_hidden(self, mel: torch.Tensor, mel_lengths: torch.Tensor, *, full_attention: bool = False
+                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every layer's output (n_layers + 1 tensors (B, T_out, D): the conv stem + positions, then each
+        block's output before the final norm), stitched across windows like ``forward``."""
+        _, lengths, hidden = self._forward(mel, mel_lengths, full_attention, keep_hidden=True)
+        return hidden, lengths
+
+    def _forward(self, mel, mel_lengths, full_attention, keep_hidden):
+        self._check_mel(mel)
+        mel_lengths = mel_lengths.to(mel.device)
+        x, lengths = self.conv_stem(mel, mel_lengths)  # (B, T, D)
+        b, t, d = x.shape
+        cfg = self.config
+        if full_attention:
+            if t > cfg.n_ctx:
+                raise EncoderInputError(f"full attention covers {cfg.n_ctx} frames ({cfg.n_ctx * FRAME_MS} ms) "
+                                        f"at most, got {t}")
+            valid = None if bool((lengths == t).all()) else lengths
+            y, hidden = self._encode_window(x, valid, True, keep_hidden)
+            hidden = [x + self.positional_embedding[:t]] + hidden if keep_hidden else []
+            return self._zero_padding(y, lengths), lengths, [self._zero_padding(h, lengths) for h in hidden]
+        out = x.new_zeros(b, t, d)
+        hidden_out = [x.new_zeros(b, t, d) for _ in range(cfg.n_layers + 1)] if keep_hidden else []
+        k = 0
+        while True:
+            emit_start, emit_end = window_emit_range(cfg, k)
+            if emit_start >= t:
+                break
+            start = window_start_frame(cfg, k)
+            end = min(start + cfg.window_frames, t)
+            win_valid = (lengths - start).clamp(0, end - start)
+            valid = None if bool((win_valid == end - start).all()) else win_valid
+            xw = x[:, start:end]
+            y, hidden = self._encode_window(xw, valid, False, keep_hidden)
+            lo, hi = emit_start - start, min(emit_end, end) - start
+            out[:, emit_start:start + hi] = y[:, lo:hi]
+            if keep_hidden:
+                hidden = [xw + self.positional_embedding[:end - start]] + hidden
+                for dst, src in zip(hidden_out, hidden):
+                    dst[:, emit_start:start + hi] = src[:, lo:hi]
+            k += 1
+        return self._zero_padding(out, lengths), lengths, [self._zero_padding(h, lengths) for h in hidden_out]
+
+    @staticmethod
+    def _zero_padding(y: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        keep = torch.arange(y.shape[1], device=y.device)[None, :] < lengths[:, None]
+        return y * keep[..., None]
+
+    # ---- streaming
+
+    def init_state(self, batch_size: int = 1) -> WhisperStreamState:
+        p = self.conv1.weight
+        d = self.config.d_model
+        return WhisperStreamState(
+            mel_tail=p.new_zeros(batch_size, 1, self.config.n_mels),
+            h1_tail=p.new_zeros(batch_size, 1, d),
+            pending=p.new_zeros(batch_size, 0, d),
+        )
+
+    @torch.no_grad()
+    def step(self, mel: torch.Tensor, state: WhisperStreamState) -> tuple[torch.Tensor, WhisperStreamState]:
+        """Push (B, t, n_mels) mel frames (any t >= 0); return the newly final frames (B, t', D)."""
+        self._check_mel(mel)
+        if state.finished:
+            raise EncoderInputError("step() after flush(): start a new stream with init_state()")
+        if mel.shape[0] != state.mel_tail.shape[0]:
+            raise EncoderInputError(f"stream has batch size {state.mel_tail.shape[0]}, got {mel.shape[0]}")
+        state.n_mel += mel.shape[1]
+        frames = self._stem_step(mel.to(state.mel_tail.dtype), state, end=False)
+        pending = torch.cat([state.pending, frames], dim=1)
+        whole = pending.shape[1] // self.config.frames_per_chunk * self.config.frames_per_chunk
+        state.pending = pending[:, whole:]
+        return self._feed(pending[:, :whole], state, final=False), state
+
+    @torch.no_grad()
+    def flush(self, state: WhisperStreamState) -> tuple[torch.Tensor, WhisperStreamState]:
+        """End of stream: zero-pad the convolutions, release held-back chunks, return the remaining frames."""
+        if state.finished:
+            raise EncoderInputError("flush() called twice on one stream")
+        b = state.mel_tail.shape[0]
+        frames = self._stem_step(state.mel_tail.new_zeros(b, 0, self.config.n_mels), state, end=True)
+        pending = torch.cat([state.pending, frames], dim=1)
+        state.pending = pending[:, :0]
+        out = self._feed(pending, state, final=True)
+        state.finished = True
+        return out, state
+
+    def _stem_step(self, mel: torch.Tensor, state: WhisperStreamState, end: bool) -> torch.Tensor:
+        """Incremental conv stem (padding done here, not by the layers): a zero frame at the start of each
+        convolution's input, and at the end one more for its right padding."""
+        buf = torch.cat([state.mel_tail, mel], dim=1)  # (B, n, n_mels)
+        if end and state.n_mel > 0:
+            buf = F.pad(buf, (0, 0, 0, 1))
+        h1 = buf.new_zeros(buf.shape[0], 0, self.config.d_model)
+        if buf.shape[1] >= 3:
+            h1 = F.gelu(F.conv1d(buf.transpose(1, 2), self.conv1.weight, self.conv1.bias)).transpose(1, 2)  # (B, n-2, D)
+        state.mel_tail = buf[:, -2:] if buf.shape[1] >= 3 else buf
+        buf2 = torch.cat([state.h1_tail, h1], dim=1)  # (B, m, D)
+        if end and state.n_mel > 0:
+            buf2 = F.pad(buf2, (0, 0, 0, 1))
+        n_out = (buf2.shape[1] - 3) // 2 + 1 if buf2.shape[1] >= 3 else 0
+        if n_out == 0:
+            state.h1_tail = buf2
+            return buf2.new_zeros(buf2.shape[0], 0, self.config.d_model)
+        y = F.conv1d(buf2[:, : 2 * n_out + 1].transpose(1, 2), self.conv2.weight, self.conv2.bias, stride=2)
+        y = F.gelu(y).transpose(1, 2)  # (B, n_out, D)
+        state.h1_tail = buf2[:, 2 * n_out:]
+        return y
+
+    def _open_window(self, state: WhisperStreamState) -> None:
+        cfg = self.config
+        k = state.next_window
+        p = state.h1_tail
+        b, dh = p.shape[0], cfg.d_model // cfg.n_heads
+        layers = [LayerCache(k=p.new_empty(b, cfg.n_heads, cfg.window_frames, dh),
+                             v=p.new_empty(b, cfg.n_heads, cfg.window_frames, dh),
+                             held=p.new_zeros(b, 0, cfg.d_model)) for _ in range(cfg.n_layers)]
+        emit_start, emit_end = window_emit_range(cfg, k)
+        state.windows.append(WindowState(k, window_start_frame(cfg, k), emit_start, emit_end, layers))
+        state.next_window += 1
+
+    def _feed(self, x: torch.Tensor, state: WhisperStreamState, final: bool) -> torch.Tensor:
+        """Feed conv frames (B, n, D) (whole chunks unless final) to the open windows; return emitted frames."""
+        cfg = self.config
+        first, last = state.n_fed, state.n_fed + x.shape[1]
+        pieces: list[tuple[int, torch.Tensor]] = []  # (global start, frames)
+        a = first
+        while a < last:
+            if window_start_frame(cfg, state.next_window) == a:
+                self._open_window(state)
+            cut = min([last, window_start_frame(cfg, state.next_window)]
+                      + [w.start_frame + cfg.window_frames for w in state.windows])
+            for w in state.windows:
+                pieces.append(self._window_push(w, x[:, a - first:cut - first], final=False))
+            state.windows = [w for w in state.windows if w.n_fed < cfg.window_frames]
+            a = cut
+        state.n_fed = last
+        if final:
+            for w in state.windows:
+                pieces.append(self._window_push(w, x[:, :0], final=True))
+            state.windows = []
+        out = [state.pending.new_zeros(state.pending.shape[0], 0, cfg.d_model)]
+        for start, y in pieces:
+            if y.shape[1] == 0:
+                continue
+            if start != state.n_emitted:  # a window emitted out of turn: the schedule above is broken
+                raise RuntimeError(f"internal error: frame {start} emitted, expected {state.n_emitted}")
+            out.append(y)
+            state.n_emitted += y.shape[1]
+        return torch.cat(out, dim=1)
+
+    def _window_push(self, w: WindowState, x: torch.Tensor, final: bool) -> tuple[int, torch.Tensor]:
+        """Run new frames (B, n, D) of one window through its layers; return (global start, emitted frames)."""
+        cfg = self.config
+        fpc = cfg.frames_per_chunk
+        x = x + self.positional_embedding[w.n_fed:w.n_fed + x.shape[1]].to(x.dtype)
+        w.n_fed += x.shape[1]
+        complete = final or w.n_fed == cfg.window_frames  # no more keys will come: release what is held
+        for layer, block in enumerate(self.blocks):
+            c = w.layers[layer]
+            t = x.shape[1]
+            h = None
+            if t:
+                h = block.attn_ln(x)
+                k, v = block.attn.keys_values(h)
+                c.k[:, :, c.n_keys:c.n_keys + t] = k
+                c.v[:, :, c.n_keys:c.n_keys + t] = v
+                c.n_keys += t
+            la = self._layer_lookahead(layer)
+            if la:
+                xq = torch.cat([c.held, x], dim=1) if c.held.shape[1] else x
+                # Chunk c may run once chunk c + 1 is complete in the keys (or no more keys will come).
+                ready = c.n_keys if complete else max(c.n_keys // fpc - 1, 0) * fpc
+                n_q = ready - c.n_queries
+                c.held, xq = xq[:, n_q:], xq[:, :n_q]
+                h = block.attn_ln(xq) if n_q else None
+            else:
+                xq = x
+            if xq.shape[1] == 0:
+                x = xq
+                continue
+            mask = chunk_mask(c.n_queries, xq.shape[1], c.n_keys, fpc, la, x.device)
+            x = block.finish(xq, h, c.k[:, :, :c.n_keys], c.v[:, :, :c.n_keys], mask)
+            c.n_queries += xq.shape[1]
+        top = w.layers[-1]
+        g0 = w.start_frame + top.n_queries - x.shape[1]  # global index of x[:, 0]
+        lo = max(w.emit_start, g0)
+        hi = min(w.emit_end, g0 + x.shape[1])
+        if hi <= lo:
+            return lo, x[:, :0]
+        return lo, self.ln_post(x[:, lo - g0:hi - g0])
+
+
+# ----------------------------------------------------------------------------------------- files
+
+
+def save_whisper_encoder(path: str | Path, config: WhisperEncoderConfig, state_dict: dict[str, torch.Tensor],
+                         dtype: torch.dtype = torch.float32, extra: dict | None = None) -> None:
+    """Write encoder weights (``dtype``) with the config as JSON metadata to one safetensors file."""
+    from safetensors.torch import save_file
+
+    if dtype not in (torch.float32, torch.float16):
+        raise ValueError(f"save dtype must be float32 or float16, got {dtype}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to(dtype).contiguous() for k, v in state_dict.items()}
+    meta = {"format": FILE_FORMAT, "config": json.dumps(config.to_dict()), "extra": json.dumps(extra or {})}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def read_whisper_encoder_config(path: str | Path) -> WhisperEncoderConfig:
+    """The config stored in an encoder file (as imported: default streaming settings)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"whisper encoder file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"not a safetensors file: {path}") from exc
+    if meta.get("format") != FILE_FORMAT:
+        raise ModelError(f"not a reallm whisper encoder file (format {meta.get('format')!r}): {path}")
+    try:
+        return WhisperEncoderConfig(**json.loads(meta["config"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"corrupt config in whisper encoder file {path}: {exc}") from exc
+
+
+def load_whisper_encoder(path: str | Path, chunk_ms: int = 240, lookahead_ms: int = 0,
+                         window_ms: int | None = None, overlap_ms: int | None = None,
+                         dtype: torch.dtype = torch.float32) -> WhisperStreamingEncoder:
+    """Rebuild the encoder from its file with the given streaming schedule; frozen, eval mode, ``dtype``."""
+    from safetensors.torch import load_file
+
+    cfg = read_whisper_encoder_config(path)
+    changes = {"chunk_ms": chunk_ms, "lookahead_ms": lookahead_ms}
+    if window_ms is not None:
+        changes["window_ms"] = window_ms
+    if overlap_ms is not None:
+        changes["overlap_ms"] = overlap_ms
+    cfg = dataclasses.replace(cfg, **changes)
+    model = WhisperStreamingEncoder(cfg)
+    state = load_file(str(path))
+    try:
+        model.load_state_dict({k: v.to(dtype) for k, v in state.items()})
+    except RuntimeError as exc:
+        raise ModelError(f"whisper encoder file {path} does not match its config: {str(exc).splitlines()[0]}") \
+            from exc
+    model.to(dtype).eval().requires_grad_(False)
+    return model
