@@ -1,0 +1,5 @@
+"""The one exception the audio front end raises for bad input; its message is a single line for users."""
+
+
+class AudioError(Exception):
+    """An audio input that cannot be used (missing, a directory, not audio, corrupt, empty)."""
