@@ -1,0 +1,195 @@
+"""Train the embedded default model: frozen chunk-causal Whisper base encoder + Speech ReaLLM decoder.
+
+Stages (each skipped when its output exists, each resumable after a kill):
+  features  encode every training/held-out utterance once with the frozen streaming encoder
+  tokenizer SentencePiece on the training text, with BLANK reserved
+  teacher   CTC head on the cached frames (the alignment teacher)
+  align     Viterbi forced alignment -> per-piece chunk indices
+  reallm    projector + decoder trained with cross-entropy on the interleaved sequence
+  export    one fp16 safetensors file (encoder + projector + decoder + config + tokenizer)
+
+    nohup python recipes/default/train.py --data /work/data --work /work/runs/default \
+        --out weights/reallm-default.safetensors > /work/runs/default.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from reallm_cli.align.ctc import AlignmentError, ctc_forced_align
+from reallm_cli.model.checkpoint import save_model
+from reallm_cli.model.decoder import DecoderConfig
+from reallm_cli.model.reallm import ReaLLM, ReaLLMConfig
+from reallm_cli.model.whisper_encoder import load_whisper_encoder
+from reallm_cli.tokenizer import Tokenizer, train_tokenizer
+from reallm_cli.train.batching import DurationBatchSampler
+from reallm_cli.train.cached_data import make_batch, time_mask
+from reallm_cli.train.ctc_head import CTCHead, ctc_loss
+from reallm_cli.train.feature_cache import FeatureStore, build_cache
+from reallm_cli.train.loop import LoopConfig, run_loop
+from reallm_cli.train.reallm_loss import reallm_loss
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path("/work/data"))
+    ap.add_argument("--work", type=Path, default=Path("/work/runs/default"))
+    ap.add_argument("--encoder", type=Path, default=Path("/work/cache/whisper-base-encoder.safetensors"))
+    ap.add_argument("--out", type=Path, default=Path("weights/reallm-default.safetensors"))
+    ap.add_argument("--chunk-ms", type=int, default=240)
+    ap.add_argument("--lookahead-ms", type=int, default=0)
+    ap.add_argument("--vocab", type=int, default=512)
+    ap.add_argument("--teacher-steps", type=int, default=3000)
+    ap.add_argument("--reallm-steps", type=int, default=8000)
+    ap.add_argument("--max-frames", type=int, default=6000, help="frames per batch (20 ms each)")
+    ap.add_argument("--d-model", type=int, default=512)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--stages", default="features,tokenizer,teacher,align,reallm,export")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    stages = set(args.stages.split(","))
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    t_stage: dict[str, float] = json.loads((work / "times.json").read_text()) if (work / "times.json").exists() else {}
+
+    def timed(name, fn):
+        if name not in stages:
+            return
+        t0 = time.perf_counter()
+        log(f"== {name}")
+        fn()
+        t_stage[name] = t_stage.get(name, 0.0) + time.perf_counter() - t0
+        (work / "times.json").write_text(json.dumps(t_stage, indent=1))
+
+    encoder = load_whisper_encoder(args.encoder, chunk_ms=args.chunk_ms, lookahead_ms=args.lookahead_ms)
+    encoder.eval()
+    feat_tag = f"c{args.chunk_ms}_la{args.lookahead_ms}"
+    sets = {"train": ["train.jsonl", "real_pseudo.jsonl"], "heldout_voice": ["heldout_voice.jsonl"],
+            "heldout_text": ["heldout_text.jsonl"]}
+    feat_dirs = {name: [work / "feats" / feat_tag / Path(f).stem for f in files] for name, files in sets.items()}
+
+    def features():
+        for files, dirs in zip(sets.values(), feat_dirs.values()):
+            for f, d in zip(files, dirs):
+                if (args.data / f).exists():
+                    log(f"encoding {f} -> {d}")
+                    build_cache(read_jsonl(args.data / f), encoder, d, log=log)
+
+    timed("features", features)
+    train_store = FeatureStore(feat_dirs["train"])
+    log(f"train store: {len(train_store)} utterances, {sum(u.duration for u in train_store.items) / 3600:.2f} h")
+
+    tok_path = work / "tokenizer.model"
+
+    def tokenizer():
+        texts = [u.text for u in train_store.items]
+        tok_path.write_bytes(train_tokenizer(texts, args.vocab).model_proto)
+
+    timed("tokenizer", tokenizer)
+    tok = Tokenizer.load(tok_path)
+    blank = tok.blank
+    token_lists = [tok.encode(u.text) for u in train_store.items]
+    # a transcript needs at least one frame per piece plus blanks between repeats to be alignable
+    keep = [i for i, u in enumerate(train_store.items) if 0 < len(token_lists[i]) <= u.n_frames // 2]
+    log(f"{len(keep)}/{len(train_store)} utterances usable (vocab {tok.vocab_size})")
+
+    head = CTCHead(train_store.dim, tok.vocab_size)
+
+    def sampler(subset: list[int], seed: int):
+        """Epoch -> batches of store indices, by duration (max_frames of 20 ms per batch)."""
+        s = DurationBatchSampler([train_store.items[i].duration for i in subset], args.max_frames * 0.02, seed=seed)
+        return lambda epoch: [[subset[j] for j in b] for b in s.batches(epoch)]
+
+    def teacher():
+        def loss_fn(batch, gen):
+            frames = time_mask(batch.frames, batch.frame_lengths, gen)
+            loss = ctc_loss(head(frames), batch.frame_lengths, batch.tokens, blank)
+            return loss, {"audio_s": float(batch.frame_lengths.sum()) * 0.02}
+
+        run_loop(head, loss_fn, sampler(keep, seed=1),
+                 lambda idx: make_batch(train_store, idx, token_lists),
+                 LoopConfig(total_steps=args.teacher_steps, lr=1e-3, warmup_steps=200), work / "teacher.pt", log)
+
+    timed("teacher", teacher)
+    head.load_state_dict(torch.load(work / "teacher.pt", weights_only=False)["model"])
+    head.eval()
+    frames_per_chunk = args.chunk_ms // encoder.frame_ms
+    align_path = work / "alignments.jsonl"
+
+    def align():
+        n_fail, delays = 0, []
+        with open(align_path, "w") as f, torch.inference_mode():
+            for i in keep:
+                fr = torch.from_numpy(train_store.frames(i).astype("float32"))[None]
+                logp = head(fr)[0]
+                try:
+                    res = ctc_forced_align(logp, token_lists[i], blank)
+                except AlignmentError:
+                    n_fail += 1
+                    continue
+                chunks = [min(int(fi) // frames_per_chunk, (fr.shape[1] - 1) // frames_per_chunk) for fi in res.token_frames]
+                f.write(json.dumps({"i": i, "id": train_store.items[i].id, "chunks": chunks}) + "\n")
+                delays.extend((c + 1) * frames_per_chunk - fi for c, fi in zip(chunks, res.token_frames))
+        report = {"utterances": len(keep), "failed": n_fail, "failed_share": n_fail / max(1, len(keep)),
+                  "mean_wait_to_chunk_end_ms": float(sum(delays) / max(1, len(delays))) * encoder.frame_ms}
+        (work / "align_report.json").write_text(json.dumps(report, indent=1))
+        log(f"alignment report: {report}")
+
+    timed("align", align)
+    alignments = {r["i"]: r["chunks"] for r in map(json.loads, align_path.read_text().splitlines())}
+    aligned = sorted(alignments)
+
+    dec_cfg = DecoderConfig(vocab_size=tok.vocab_size, d_model=args.d_model, n_layers=args.layers,
+                            n_heads=args.d_model // 64, n_kv_heads=args.d_model // 64,
+                            ffn_hidden=int(args.d_model * 8 / 3) // 64 * 64, window=512)
+    config = ReaLLMConfig(encoder_kind="whisper", encoder=asdict(encoder.config), decoder=dec_cfg)
+    model = ReaLLM(config, encoder)
+    for p in model.encoder.parameters():
+        p.requires_grad_(False)
+    chunk_lists = [alignments.get(i, []) for i in range(len(train_store))]
+
+    def reallm():
+        def loss_fn(batch, gen):
+            frames = time_mask(batch.frames, batch.frame_lengths, gen)
+            loss, stats = reallm_loss(model, frames, batch.frame_lengths, batch.tokens,
+                                      [chunk_lists[i] for i in batch.indices], blank)
+            stats["audio_s"] = float(batch.frame_lengths.sum()) * 0.02
+            return loss, stats
+
+        trainable = torch.nn.ModuleDict({"projector": model.projector, "decoder": model.decoder})
+        run_loop(trainable, loss_fn, sampler(aligned, seed=2),
+                 lambda idx: make_batch(train_store, idx, token_lists),
+                 LoopConfig(total_steps=args.reallm_steps, lr=1e-3, warmup_steps=500), work / "reallm.pt", log)
+
+    timed("reallm", reallm)
+
+    def export():
+        ck = torch.load(work / "reallm.pt", weights_only=False)
+        trainable = torch.nn.ModuleDict({"projector": model.projector, "decoder": model.decoder})
+        trainable.load_state_dict(ck["model"])
+        extra = {"train_hours": sum(train_store.items[i].duration for i in aligned) / 3600,
+                 "stage_seconds": t_stage, "steps": ck["step"]}
+        save_model(args.out, model, tok, dtype=torch.float16, extra=extra)
+        log(f"wrote {args.out}")
+
+    timed("export", export)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
