@@ -116,9 +116,9 @@ def test_16khz_mono_is_passed_through_exactly(tmp_path):
 
 
 def test_long_file_streams_in_bounded_memory(tmp_path):
-    """Five minutes of 44.1 kHz stereo (53 MB as float32) stream with a peak of a few blocks."""
+    """Two minutes of 44.1 kHz stereo (42 MB as float32) stream with a peak of a few blocks."""
     path = tmp_path / "long.wav"
-    sr, seconds = 44_100, 300
+    sr, seconds = 44_100, 120
     chunk = np.tile(_tone(sr, 1.0, 500.0)[:, None], (1, 2))
     with sf.SoundFile(path, "w", sr, 2, subtype="PCM_16") as f:
         for _ in range(seconds):
