@@ -1,0 +1,82 @@
+"""The streaming engine: block sizes never change the result, and streaming equals an offline pass."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_model
+from reallm_cli.audio.features import whisper_log_mel
+from reallm_cli.bench import synthetic_audio
+from reallm_cli.engine import DecodeOptions, Recognizer
+from reallm_cli.model.presets import placeholder_tokenizer
+
+
+@pytest.fixture(scope="module")
+def recognizer():
+    tok = placeholder_tokenizer(64)
+    model = tiny_model(tok.vocab_size).eval()
+    return Recognizer(model, tok, DecodeOptions(max_tokens_per_chunk=3))
+
+
+def run(recognizer, audio, blocks):
+    s = recognizer.session()
+    words, i = [], 0
+    for n in blocks:
+        words.extend(s.push(audio[i : i + n]).final)
+        i += n
+    words.extend(s.push(audio[i:]).final)
+    words.extend(s.flush().final)
+    return words, s.tokens
+
+
+def test_random_block_sizes_give_the_same_words(recognizer):
+    audio = synthetic_audio(5.0, seed=3)
+    whole, whole_tokens = run(recognizer, audio, [len(audio)])
+    assert whole_tokens, "the model emitted nothing; the test would prove nothing"
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        blocks = list(rng.integers(1, 9000, size=40))
+        words, tokens = run(recognizer, audio, blocks)
+        assert tokens == whole_tokens
+        assert words == whole
+
+
+def offline_greedy(model, tok, audio, max_tokens):
+    """Whole-utterance encoder pass, then greedy decoding by full recomputation (no caches at all)."""
+    mel = whisper_log_mel(audio, floor="running")
+    with torch.no_grad():
+        frames, _ = model.encoder.forward(mel[None], torch.tensor([mel.shape[0]]))
+        speech = model.speech_embeddings(frames)[0]  # (N, D)
+        seq: list[torch.Tensor] = []
+        out = []
+        for c in range(speech.shape[0]):
+            seq.append(speech[c])
+            for _ in range(max_tokens + 1):
+                logits = model.decoder(torch.stack(seq)[None])[0, -1]
+                t = int(logits.argmax())
+                if t == tok.blank or len([1 for _, cc in out if cc == c]) >= max_tokens:
+                    break
+                out.append((t, c))
+                seq.append(model.decoder.embed(torch.tensor([t]))[0])
+    return out
+
+
+def test_streaming_equals_offline(recognizer):
+    audio = synthetic_audio(3.0, seed=5)
+    _, tokens = run(recognizer, audio, [2400] * 30)
+    expected = offline_greedy(recognizer.model, recognizer.tokenizer, audio, recognizer.options.max_tokens_per_chunk)
+    assert tokens == expected
+
+
+def test_token_cap_per_chunk(recognizer):
+    _, tokens = run(recognizer, synthetic_audio(3.0), [48000])
+    per_chunk = np.bincount([c for _, c in tokens])
+    assert per_chunk.max() <= recognizer.options.max_tokens_per_chunk
+
+
+def test_words_have_ordered_times(recognizer):
+    words, _ = run(recognizer, synthetic_audio(4.0, seed=1), [16000] * 4)
+    assert words
+    for w in words:
+        assert 0 <= w.start_s < w.end_s <= w.emit_s
+    assert [w.start_s for w in words] == sorted(w.start_s for w in words)
