@@ -99,3 +99,22 @@ def test_write_then_read_round_trip_with_relative_paths(data, tmp_path_factory, 
     assert json.loads(path.read_text().splitlines()[0])["audio"] == "audio/a.wav"
     monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))  # relative paths follow the manifest, not the cwd
     assert read_manifest(path, on_error="refuse").entries == tuple(entries)
+
+
+def test_probe_duration_for_lines_without_one(data):
+    path = _write_lines(data / "p.jsonl", [{"audio": "audio/a.wav", "text": "hello"},
+                                            {"audio": "audio/gone.wav", "text": "hello"}])
+    with pytest.raises(ManifestError, match=":1: missing field 'duration'"):
+        read_manifest(path, on_error="refuse")
+    m = read_manifest(path, probe_duration=True)
+    assert [e.duration_s for e in m] == [1.0]
+    assert "audio file not found" in m.problems[0].message and m.problems[0].line_no == 2
+
+
+def test_dev_real_manifest_reads_with_probed_durations():
+    shared = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dev-real"
+    if not (shared / "manifest.jsonl").is_file():
+        pytest.skip(f"shared dev data not found at {shared}")
+    m = read_manifest(shared / "manifest.jsonl", on_error="refuse", probe_duration=True)
+    assert len(m) > 100 and all(0.1 < e.duration_s < 60 for e in m)
+    assert any(e.audio.suffix == ".wav" for e in m)  # the 8 kHz digits are in it too

@@ -79,31 +79,45 @@ class Manifest:
         return sum(e.duration_s for e in self.entries)
 
 
+def _probe_duration_s(path: Path) -> float | str:
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+    except (RuntimeError, sf.LibsndfileError) as exc:
+        return f"unreadable audio file {path}: {str(exc).splitlines()[0]}"
+    return info.frames / info.samplerate
+
+
 def _check_line(
-    d, base: Path, check_audio: bool, max_chars_per_s: float,
+    d, base: Path, check_audio: bool, probe_duration: bool, max_chars_per_s: float,
     count_tokens: Callable[[str], int] | None, max_tokens_per_chunk: float, chunk_ms: int,
 ) -> ManifestEntry | str:
     """The entry of one parsed line, or a one-line description of what is wrong with it."""
     if not isinstance(d, dict):
         return f"expected a JSON object, got {type(d).__name__}"
-    missing = [k for k in ("audio", "text", "duration") if k not in d]
+    required = ("audio", "text") if probe_duration else ("audio", "text", "duration")
+    missing = [k for k in required if k not in d]
     if missing:
         return "missing field" + ("s " if len(missing) > 1 else " ") + ", ".join(f"'{k}'" for k in missing)
-    audio, text, duration = d["audio"], d["text"], d["duration"]
+    audio, text = d["audio"], d["text"]
     if not isinstance(audio, str) or not audio:
         return "'audio' must be a non-empty string path"
     if not isinstance(text, str):
         return "'text' must be a string"
-    if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not math.isfinite(duration) or duration <= 0:
-        return f"'duration' must be a positive number of seconds, got {duration!r}"
     utt_id = d.get("id")
     if utt_id is not None and (not isinstance(utt_id, str) or not utt_id):
         return "'id' must be a non-empty string"
     audio_path = Path(audio)
     if not audio_path.is_absolute():
         audio_path = base / audio_path
-    if check_audio and not audio_path.is_file():
+    if (check_audio or "duration" not in d) and not audio_path.is_file():
         return f"audio file not found: {audio_path}"
+    duration = d["duration"] if "duration" in d else _probe_duration_s(audio_path)
+    if isinstance(duration, str):
+        return duration
+    if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not math.isfinite(duration) or duration <= 0:
+        return f"'duration' must be a positive number of seconds, got {duration!r}"
     text = " ".join(text.split())
     if not any(c.isalpha() for c in text):
         return f"text has no letters: {text!r}"
@@ -134,12 +148,18 @@ def read_manifest(
     on_error: Literal["skip", "refuse"] = "skip",
     *,
     check_audio: bool = True,
+    probe_duration: bool = False,
     max_chars_per_s: float = MAX_CHARS_PER_S,
     count_tokens: Callable[[str], int] | None = None,
     max_tokens_per_chunk: float = MAX_TOKENS_PER_CHUNK,
     chunk_ms: int = DEFAULT_CHUNK_MS,
 ) -> Manifest:
-    """Read and validate a manifest; ``count_tokens`` (e.g. ``lambda t: len(tok.encode(t))``) adds a token check."""
+    """Read and validate a manifest.
+
+    ``probe_duration=True`` accepts lines without ``duration`` and reads it from the audio file's
+    header (for evaluation lists such as dev-real's); ``count_tokens`` (e.g.
+    ``lambda t: len(tokenizer.encode(t))``) adds the tokens-per-chunk check.
+    """
     if on_error not in ("skip", "refuse"):
         raise ValueError(f"on_error must be 'skip' or 'refuse', got {on_error!r}")
     path = Path(path)
@@ -157,7 +177,7 @@ def read_manifest(
             n_lines += 1
             try:
                 result = _check_line(
-                    json.loads(line), base, check_audio, max_chars_per_s, count_tokens, max_tokens_per_chunk, chunk_ms
+                    json.loads(line), base, check_audio, probe_duration, max_chars_per_s, count_tokens, max_tokens_per_chunk, chunk_ms
                 )
             except json.JSONDecodeError as exc:
                 result = f"invalid JSON ({exc.msg} at column {exc.colno})"
