@@ -11,10 +11,10 @@ from reallm_cli.errors import ReallmError
 
 
 def download_command(
-    name: Annotated[Optional[str], typer.Argument(help="Model name from `reallm models`.", show_default=False)] = None,
-    url: Annotated[Optional[str], typer.Option("--url", help="Download this URL instead of a registry model (needs --sha256).", show_default=False)] = None,
-    sha256: Annotated[Optional[str], typer.Option("--sha256", help="Expected SHA-256 (64 hex digits); the file is refused if it differs.", show_default=False)] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Save here instead of the model cache.", show_default=False)] = None,
+    name: Annotated[Optional[str], typer.Argument(metavar="NAME", help="Model name from `reallm models`.", show_default=False)] = None,
+    url: Annotated[Optional[str], typer.Option("--url", metavar="URL", help="Download this URL instead of a registry model (needs --sha256).", show_default=False)] = None,
+    sha256: Annotated[Optional[str], typer.Option("--sha256", metavar="HEX", help="Expected SHA-256 (64 hex digits); the file is refused if it differs.", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE", help="Save here instead of the model cache.", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Download a model into the cache ($REALLM_HOME/models).

@@ -64,13 +64,13 @@ def print_devices() -> None:
 
 
 def listen_command(
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name (see `reallm models`) or file; default: the embedded model.", show_default=False)] = None,
-    device: Annotated[Optional[str], typer.Option("--device", "-d", help="Input device: index or (part of) its name; default: the system default.", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="NAME|FILE", help="Model name (see `reallm models`) or file; default: the embedded model.", show_default=False)] = None,
+    device: Annotated[Optional[str], typer.Option("--device", "-d", metavar="NAME|INDEX", help="Input device: index or (part of) its name; default: the system default.", show_default=False)] = None,
     list_devices: Annotated[bool, typer.Option("--list-devices", help="List input devices and exit.")] = False,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the transcript here as it is recognised (txt, srt, vtt, json, jsonl).", show_default=False)] = None,
-    fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="Format of --output (default: from its extension).", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE", help="Also write the transcript here as it is recognised (txt, srt, vtt, json, jsonl).", show_default=False)] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", "-f", metavar="FORMAT", help="Format of --output (default: from its extension).", show_default=False)] = None,
     append: Annotated[bool, typer.Option("--append", help="Append to --output instead of replacing it (srt/vtt numbering and times continue).")] = False,
-    duration: Annotated[Optional[float], typer.Option("--duration", help="Stop after this many seconds of audio.", show_default=False)] = None,
+    duration: Annotated[Optional[float], typer.Option("--duration", metavar="SECONDS", help="Stop after this many seconds of audio.", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live view and no summary on stderr.")] = False,
 ) -> None:
     """Transcribe the microphone live until Ctrl-C.
