@@ -518,6 +518,7 @@ def save_whisper_encoder(path: str | Path, config: WhisperEncoderConfig, state_d
     meta = {"format": FILE_FORMAT, "config": json.dumps(config.to_dict()), "extra": json.dumps(extra or {})}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
+    tmp.chmod(0o644)  # a shared cache file, read by other users' runs
     tmp.replace(path)
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from reallm_cli.errors import ModelError
-from reallm_cli.model.whisper_encoder import WhisperEncoderConfig, save_whisper_encoder
+from reallm_cli.model.whisper_encoder import FRAME_MS, WhisperEncoderConfig, save_whisper_encoder
 
 SUPPORTED_BINARY_VERSIONS = (5, 6)
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: "bfloat16"}
@@ -212,8 +212,13 @@ def import_whisper_encoder(model_bin_paths: list[Path], expected_sha256: str | N
         raise ModelError("model.bin lacks encoder/position_encodings/encodings")
     pos = _dequantize(v, e + "position_encodings/encodings")  # (n_ctx, D)
     ffn_dim = v[e + "layer_0/ffn/linear_0/weight"].shape[0]
+    n_ctx = pos.shape[0]
+    window = {}
+    if n_ctx * FRAME_MS < WhisperEncoderConfig.window_ms:  # a model with fewer positions than Whisper's 30 s
+        window_ms = n_ctx * FRAME_MS // 480 * 480  # multiples of 480 suit both 240 and 480 ms chunks
+        window = {"window_ms": window_ms, "overlap_ms": window_ms // 6 // 480 * 480}
     cfg = WhisperEncoderConfig(d_model=d_model, n_heads=n_heads, n_layers=len(layer_ids), ffn_dim=ffn_dim,
-                               n_mels=n_mels, n_ctx=pos.shape[0], source=source)
+                               n_mels=n_mels, n_ctx=n_ctx, source=source, **window)
     sd: dict[str, torch.Tensor] = {
         "conv1.weight": conv1,
         "conv1.bias": _dequantize(v, e + "conv1/bias"),
