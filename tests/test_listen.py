@@ -174,7 +174,8 @@ def test_status_and_meter():
     s = LiveStats(captured_s=75.0, decoded_s=74.0, compute_s=37.0, level_db=-20, overflows=3, words=12)
     line = status_line(s).plain
     assert "01:15" in line and "RTF 0.50" in line and "lag 1.0 s" in line and "overflows 3" in line and "12 words" in line
-    assert summary_line(s, "a.srt").startswith("reallm: listened 01:14 (74.0 s), 12 words")
+    assert summary_line(s, "a.srt").startswith("reallm: listened 01:14 (74.0 s), 12 words in 0 segments")
+    assert "1 word in 1 segment," in summary_line(LiveStats(words=1, segments=1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,7 +350,8 @@ def test_listen_silence_gives_no_words(tmp_path):
 
 @pytest.mark.audio
 @needs_pulse
-def test_sigterm_ends_cleanly_with_last_words_written(tmp_path, speech_wav):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_ends_cleanly_with_last_words_written(tmp_path, speech_wav, sig):
     env = _pulse_env()
     out = tmp_path / "out.jsonl"
     with Player(speech_wav, env):
@@ -357,13 +359,36 @@ def test_sigterm_ends_cleanly_with_last_words_written(tmp_path, speech_wav):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not (out.exists() and '"partial"' in out.read_text()):
             time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)  # mid-word: a partial is open
+        proc.send_signal(sig)  # mid-word: a partial is open
         stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert lines[-1]["type"] == "end"
     assert any(x["type"] == "segment" for x in lines), "the word in progress at SIGTERM was not flushed"
     assert "reallm: listened" in stderr and stdout.split()
+
+
+@pytest.mark.audio
+@needs_pulse
+def test_device_without_16khz_is_resampled(monkeypatch):
+    """A device that only records at 48 kHz still yields 16 kHz blocks, as much audio as was captured."""
+    from reallm_cli.audio import microphone
+
+    for key in ("PULSE_SERVER", "PULSE_SOURCE"):
+        monkeypatch.setenv(key, _pulse_env()[key])
+    monkeypatch.setattr(microphone.Microphone, "_pick_rate", lambda self: 48000)
+    mic = microphone.Microphone("pulse")
+    got = 0
+    with mic:
+        deadline = time.monotonic() + 30
+        while mic.captured_s < 1.0 and time.monotonic() < deadline:
+            block = mic.read(0.2)
+            got += 0 if block is None else len(block)
+    while (block := mic.read(0)) is not None:
+        got += len(block)
+    assert mic.device_rate == 48000 and mic.captured_s >= 1.0
+    assert abs(got - mic.captured_s * SR) <= 2  # including the tail soxr held until the end
+    assert mic.finished
 
 
 @pytest.mark.audio

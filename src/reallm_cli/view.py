@@ -66,6 +66,10 @@ def level_db(block) -> float:
     return 20 * math.log10(max(rms, 1e-6))
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def status_line(stats: LiveStats) -> Text:
     """● 01:23  ▇▇▇▅      RTF 0.31  lag 0.2 s  42 words  overflows 0"""
     t = Text()
@@ -78,7 +82,7 @@ def status_line(stats: LiveStats) -> Text:
     t.append(level_meter(stats.level_db), style="green" if stats.level_db < -6 else "red")
     t.append(f"  RTF {stats.rtf:.2f}", style="red" if stats.rtf > 1 else "")
     t.append(f"  lag {stats.lag_s:.1f} s", style="yellow" if stats.lag_s > 2 else "")
-    t.append(f"  {stats.words} words")
+    t.append(f"  {plural(stats.words, 'word')}")
     if stats.overflows:
         t.append(f"  overflows {stats.overflows}", style="bold red")
     else:
@@ -117,7 +121,7 @@ def summary_line(stats: LiveStats, output: str | None = None) -> str:
     """One line for stderr when a live session ends."""
     parts = [
         f"listened {format_clock(stats.decoded_s)} ({stats.decoded_s:.1f} s)",
-        f"{stats.words} words in {stats.segments} segments",
+        f"{plural(stats.words, 'word')} in {plural(stats.segments, 'segment')}",
         f"RTF {stats.rtf:.2f}",
         f"overflows {stats.overflows}",
     ]

@@ -111,6 +111,7 @@ class Microphone:
         self._queue: queue.Queue[np.ndarray] = queue.Queue(maxsize=max(1, int(max_queue_s * 1000 / block_ms)))
         self._stream = None
         self._resampler = None
+        self._resampler_drained = False
         self._stopped = threading.Event()
         self.device_rate = self._pick_rate()
 
@@ -178,7 +179,7 @@ class Microphone:
     @property
     def finished(self) -> bool:
         """Nothing more will ever be read: not capturing and the queue is empty."""
-        return not self.active and self._queue.empty()
+        return not self.active and self._queue.empty() and (self._resampler is None or self._resampler_drained)
 
     @property
     def captured_s(self) -> float:
@@ -194,6 +195,11 @@ class Microphone:
         try:
             block = self._queue.get(timeout=timeout_s) if timeout_s > 0 else self._queue.get_nowait()
         except queue.Empty:
+            if self._stopped.is_set() and self._resampler is not None and not self._resampler_drained:
+                # Capture is over: release the samples the resampler's filter still holds (~20 ms).
+                self._resampler_drained = True
+                tail = self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+                return tail if len(tail) else None
             return None
         if self._resampler is not None:
             block = self._resampler.resample_chunk(block, last=False)
