@@ -405,3 +405,27 @@ def test_missing_device_is_one_line_and_nonzero():
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("reallm: error: ") and "no-such-device-xyz" not in proc.stdout
     assert "no input device matches 'no-such-device-xyz'" in lines[0] or "no audio input device found" in lines[0]
+
+
+@pytest.mark.audio
+@needs_pulse
+def test_listen_with_the_real_engine(tmp_path, speech_wav):
+    """The real recogniser (a tiny random model) behind the microphone: the loop, flush and writers agree."""
+    from conftest import tiny_model
+    from reallm_cli.model.checkpoint import save_model
+    from reallm_cli.model.presets import placeholder_tokenizer
+
+    tok = placeholder_tokenizer(64)
+    model = tmp_path / "tiny.safetensors"
+    save_model(model, tiny_model(tok.vocab_size), tok)
+    env = _pulse_env()
+    del env["REALLM_TEST_RECOGNIZER"]
+    out = tmp_path / "out.json"
+    with Player(speech_wav, env):
+        proc = subprocess.run([*LISTEN, "--model", str(model), "--duration", "3", "--output", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["duration_s"] == 3.0
+    assert all(0 <= w["start_s"] <= w["end_s"] <= 3.0 + 0.5 for w in doc["words"])
+    assert "listened 00:03 (3.0 s)" in proc.stderr
+    assert proc.stdout.split() == doc["text"].split()
