@@ -58,8 +58,9 @@ VOICE_SHARE = {
     "hibari-heart": 0.26,
     "piper-joe": 0.13,
     "piper-joe-lively": 0.07,
-    "kokoro-alpha": 0.012, "kokoro-gongitsune": 0.012, "kokoro-nezumi": 0.012,
-    "kokoro-tebukuro": 0.012, "kokoro-kumo": 0.012, "kokoro-kumo-alpha": 0.012,
+    # kokoro costs ~1x real time on a loaded core: a little of each style for speaker diversity
+    "kokoro-alpha": 0.006, "kokoro-gongitsune": 0.005, "kokoro-nezumi": 0.005,
+    "kokoro-tebukuro": 0.005, "kokoro-kumo": 0.006, "kokoro-kumo-alpha": 0.005,
     "festival-ked": 0.05,
     "flite-kal16": 0.035, "flite-awb": 0.045, "flite-rms": 0.045,
     "espeak-us": 0.035, "espeak-gb": 0.03, "espeak-rp": 0.03, "espeak-us-f3": 0.035, "espeak-us-m3": 0.03,

@@ -98,8 +98,29 @@ def _read_tmp_wav(path: str) -> tuple[np.ndarray, int]:
     return audio.mean(axis=1), sr
 
 
+def _espeak_languages() -> set[str]:
+    if "espeak-langs" not in _MODELS:
+        try:
+            p = subprocess.run(["espeak-ng", "--voices"], capture_output=True, text=True, check=True, timeout=30)
+        except FileNotFoundError as e:
+            raise SynthError("espeak-ng is not installed") from e
+        import re
+
+        names = set()
+        for line in p.stdout.splitlines()[1:]:
+            cols = line.split()
+            if len(cols) > 4:
+                names.update({cols[1], cols[3], cols[4].rsplit("/", 1)[-1]})
+            names.update(re.findall(r"\(([\w-]+) \d+\)", line))  # "Other Languages" column: (en 2)
+        _MODELS["espeak-langs"] = names
+    return _MODELS["espeak-langs"]
+
+
 def _espeak(text: str, rate: float, seed: int, voice: str = "en-us", wpm: int = 165, pitch: int = 50,
             gap: int = 0) -> tuple[np.ndarray, int]:
+    if voice.split("+")[0] not in _espeak_languages():
+        # espeak-ng silently falls back to its default voice on an unknown name
+        raise SynthError(f"espeak-ng has no voice {voice.split('+')[0]!r}")
     with tempfile.TemporaryDirectory() as d:
         wav = os.path.join(d, "o.wav")
         _run(["espeak-ng", "-v", voice, "-s", str(int(round(wpm * rate))), "-p", str(pitch), "-g", str(gap), "-w", wav, "--stdin"], stdin_text=text)

@@ -1,0 +1,166 @@
+"""Offline voices and augmentation used to make synthetic training data."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from reallm_cli.timebase import SAMPLE_RATE
+from reallm_cli.train import synth
+
+SR = SAMPLE_RATE
+
+
+def tone(freq_hz=440.0, seconds=1.0, amp=0.5):
+    t = np.arange(int(seconds * SR)) / SR
+    return (amp * np.sin(2 * np.pi * freq_hz * t)).astype(np.float32)
+
+
+def band_energy(x, lo_hz, hi_hz):
+    spec = np.abs(np.fft.rfft(x)) ** 2
+    f = np.fft.rfftfreq(len(x), 1 / SR)
+    return float(spec[(f >= lo_hz) & (f < hi_hz)].sum())
+
+
+# ------------------------------------------------------------------ voices
+
+
+def test_registry_names_and_engines():
+    assert len(synth.VOICES) >= 15
+    assert {v.engine for v in synth.VOICES.values()} >= {"espeak", "flite", "festival", "piper", "hibari", "kokoro"}
+    for name, v in synth.VOICES.items():
+        assert v.name == name
+    with pytest.raises(synth.SynthError, match="unknown voice"):
+        synth.get_voice("no-such-voice")
+
+
+@pytest.mark.parametrize("name, tool", [("espeak-us", "espeak-ng"), ("flite-kal16", "flite")])
+def test_cheap_voices_speak_16k(name, tool, tmp_path):
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} not installed")
+    v = synth.get_voice(name)
+    a = v.synthesize("Seven eight nine.", out_path=tmp_path / "a.flac")
+    assert a.dtype == np.float32 and a.ndim == 1
+    assert 0.4 * SR < len(a) < 4 * SR  # a few words, not silence and not garbage
+    assert np.max(np.abs(a)) > 0.05
+    # speaking rate is honoured
+    slow = v.synthesize("Seven eight nine.", rate=0.7)
+    assert len(slow) > 1.2 * len(a)
+    import soundfile as sf
+
+    info = sf.info(str(tmp_path / "a.flac"))
+    assert info.samplerate == SR and info.channels == 1
+
+
+def test_empty_text_is_a_clear_error():
+    with pytest.raises(synth.SynthError, match="empty"):
+        synth.get_voice("espeak-us").synthesize("   ")
+
+
+def test_bad_engine_parameters_fail_loudly():
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not installed")
+    bad = synth.Voice("bad", "espeak", {"voice": "no-such-language-xx"})
+    with pytest.raises(synth.SynthError):
+        bad.synthesize("hello")
+
+
+def test_hibari_is_seeded():
+    pytest.importorskip("hibari")
+    v = synth.get_voice("hibari-heart")
+    a = v.synthesize("Good morning.", seed=5)
+    b = v.synthesize("Good morning.", seed=5)
+    assert np.array_equal(a, b)
+
+
+# ------------------------------------------------------------------ augmentation
+
+
+def test_augment_is_deterministic_per_seed_and_varies_across_seeds():
+    x = tone(300, 1.0)
+    pool = [tone(500, 0.7), tone(700, 0.5)]
+    a, ta = synth.augment(x, np.random.default_rng(1), babble_pool=pool)
+    b, tb = synth.augment(x, np.random.default_rng(1), babble_pool=pool)
+    assert ta == tb and np.array_equal(a, b)
+    tags = {synth.augment(x, np.random.default_rng(s), babble_pool=pool)[1] for s in range(30)}
+    assert len(tags) > 20
+    joined = "+".join(tags)
+    for kind in ("clean", "speed", "rir", "noise:", "pad"):
+        assert kind in joined
+
+
+def test_add_noise_hits_the_requested_snr():
+    rng = np.random.default_rng(0)
+    x = tone(440, 2.0)
+    for snr in (0.0, 10.0, 25.0):
+        n = synth.coloured_noise(len(x), 1.0, rng)
+        y = synth.add_noise(x, n, snr)
+        measured = 20 * np.log10(synth.rms(x) / synth.rms(y - x))
+        assert abs(measured - snr) < 0.05
+
+
+def test_coloured_noise_slopes():
+    rng = np.random.default_rng(0)
+    white = synth.coloured_noise(SR * 2, 0.0, rng)
+    brown = synth.coloured_noise(SR * 2, 2.0, rng)
+    ratio = lambda x: band_energy(x, 50, 500) / band_energy(x, 4000, 7500)  # noqa: E731
+    assert ratio(brown) > 100 * ratio(white)
+    assert abs(synth.rms(white) - 1.0) < 1e-3
+
+
+def test_speed_perturb_changes_duration():
+    x = tone(440, 1.0)
+    assert abs(len(synth.speed_perturb(x, 1.1)) - SR / 1.1) < 5
+    assert abs(len(synth.speed_perturb(x, 0.9)) - SR / 0.9) < 5
+
+
+def test_pitch_shift_keeps_duration_and_moves_pitch():
+    if shutil.which("sox") is None:
+        pytest.skip("sox not installed")
+    x = tone(400, 1.0)
+    y = synth.pitch_shift(x, 12.0)  # one octave up
+    assert len(y) == len(x)
+    assert band_energy(y, 750, 850) > 5 * band_energy(y, 350, 450)
+
+
+def test_telephone_removes_out_of_band_energy():
+    rng = np.random.default_rng(0)
+    x = 0.1 * synth.coloured_noise(SR, 0.0, rng)
+    y = synth.telephone(x)
+    assert len(y) == len(x)
+    in_band = band_energy(y, 500, 3000) / band_energy(x, 500, 3000)
+    high = band_energy(y, 4500, 7900) / band_energy(x, 4500, 7900)
+    low = band_energy(y, 20, 150) / band_energy(x, 20, 150)
+    assert in_band > 0.5 and high < 1e-3 and low < 0.05
+
+
+def test_mu_law_is_a_fine_quantiser():
+    x = np.linspace(-1, 1, 1001, dtype=np.float32)
+    y = synth.mu_law(x)
+    # 8-bit mu-law: error a couple of percent of the amplitude, tiny near zero
+    assert np.all(np.abs(y - x) <= 0.025 * np.abs(x) + 5e-4)
+    assert len(np.unique(y)) <= 256
+
+
+def test_rir_decays_at_rt60():
+    rir = synth.synthetic_rir(0.5, np.random.default_rng(0))
+    assert rir[0] >= 1.0  # the direct path leads
+    tail = rir[1:]
+    early = np.sqrt(np.mean(tail[: SR // 20] ** 2))
+    late = np.sqrt(np.mean(tail[int(0.45 * SR) : int(0.5 * SR)] ** 2))
+    assert 20 * np.log10(early / late) > 40  # ~-55 dB between 0-50 ms and 450-500 ms
+    y = synth.reverberate(tone(300, 1.0), rir)
+    assert len(y) == SR
+
+
+def test_pad_silence_lengths_and_floor():
+    x = tone(440, 0.5)
+    y = synth.pad_silence(x, 0.25, 0.5, np.random.default_rng(0))
+    assert len(y) == len(x) + SR // 4 + SR // 2
+    lead = y[: SR // 4]
+    assert 0 < np.max(np.abs(lead)) < 1e-2  # a faint floor, never digital zero, never speech-loud
+
+
+def test_babble_needs_a_pool():
+    with pytest.raises(synth.SynthError):
+        synth.babble([], 100, 3, np.random.default_rng(0))
