@@ -233,3 +233,16 @@ def test_cli_download_and_models(server, tmp_path, monkeypatch, home):
     assert "tiny" in runner.invoke(app, ["models"]).stdout
     res = runner.invoke(app, ["download"])
     assert isinstance(res.exception, ReallmError) and "--url" in str(res.exception)
+
+
+def test_concurrent_download_refused(server, tmp_path):
+    import fcntl
+
+    base, _ = server
+    dest = tmp_path / "m.bin"
+    with open(tmp_path / "m.bin.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        with pytest.raises(ReallmError, match="another download"):
+            download(f"{base}/model.bin", SHA, dest, quiet=True)
+    download(f"{base}/model.bin", SHA, dest, quiet=True)
+    assert dest.read_bytes() == PAYLOAD and sorted(p.name for p in tmp_path.iterdir()) == ["m.bin"]

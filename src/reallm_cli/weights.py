@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -252,10 +253,6 @@ def download(
     request (also on the next run); a SHA-256 mismatch deletes it and raises. Network trouble raises
     ``ReallmError`` with one line, after ``connect_timeout_s`` at most for an unreachable host.
     """
-    import httpx
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-
     parsed = urlparse(source)
     if parsed.scheme in ("http", "https"):
         if not sha256:
@@ -277,6 +274,8 @@ def download(
         sha256 = sha256 or info.sha256
         dest_path = Path(dest) if dest else cached_path(info)
     sha = _check_sha(sha256)
+    if dest_path.is_dir():  # --output FOLDER: keep the file's own name inside it
+        dest_path = dest_path / (Path(urlparse(urls[0]).path).name or f"{name}.safetensors")
 
     if dest_path.is_file():
         if sha256_file(dest_path) == sha:
@@ -287,6 +286,33 @@ def download(
     except OSError as exc:
         raise ReallmError(f"cannot create {str(dest_path.parent)!r}: {exc.strerror or exc}") from exc
     part = dest_path.with_name(dest_path.name + ".part")
+    with _exclusive(dest_path.with_name(dest_path.name + ".lock"), name):
+        return _download_locked(urls, name, size_bytes, sha, dest_path, part, quiet, connect_timeout_s, read_timeout_s, retries)
+
+
+@contextmanager
+def _exclusive(lock_path: Path, name: str):
+    """Two downloads into one .part file would interleave; the second one is refused."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; accept the (rare) race
+        yield
+        return
+    with open(lock_path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            raise ReallmError(f"another download of {name} into {lock_path.parent} is running") from exc
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
+
+
+def _download_locked(urls, name, size_bytes, sha, dest_path, part, quiet, connect_timeout_s, read_timeout_s, retries) -> Path:
+    import httpx
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
     console = Console(stderr=True)
