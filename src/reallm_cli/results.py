@@ -40,6 +40,7 @@ class Transcript:
     path: str
     duration_s: float
     segments: tuple[Segment, ...]
+    compute_s: float = 0.0  # engine time spent on it (real-time factor = compute_s / duration_s)
 
     @property
     def words(self) -> tuple[Word, ...]:

@@ -47,4 +47,4 @@ def transcribe_file(
     segments.extend(segmenter.flush())
     if on_words and event.final:
         on_words(event.final)
-    return Transcript(path=str(path), duration_s=session.audio_s, segments=tuple(segments))
+    return Transcript(path=str(path), duration_s=session.audio_s, segments=tuple(segments), compute_s=session.compute_s)

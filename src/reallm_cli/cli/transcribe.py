@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -51,9 +52,10 @@ def transcribe_command(
         for path in files:
             name = "stdin" if path == "-" else Path(path).name
             task = progress.add_task(name, total=None, done="", speed="")
+            started = time.perf_counter()
 
-            def on_progress(done_s: float, total_s: float, _task=task) -> None:
-                speed = done_s / max(1e-9, progress.tasks[_task].elapsed or 1e-9)
+            def on_progress(done_s: float, total_s: float, _task=task, _t0=started) -> None:
+                speed = done_s / max(1e-9, time.perf_counter() - _t0)
                 progress.update(_task, total=total_s, completed=done_s,
                                 done=f"{_clock(done_s)}/{_clock(total_s)}", speed=f"{speed:.1f}x")
 
@@ -61,7 +63,7 @@ def transcribe_command(
                 transcript = transcribe_file(recognizer, path, TranscribeOptions(block_s=block_s), on_progress)
             except ReallmError as exc:
                 failures += 1
-                err.print(f"reallm: error: {exc}", markup=False, highlight=False)
+                print(f"reallm: error: {exc}", file=sys.stderr, flush=True)
                 continue
             finally:
                 progress.remove_task(task)
