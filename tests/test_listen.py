@@ -408,6 +408,7 @@ def test_missing_device_is_one_line_and_nonzero():
 
 
 @pytest.mark.audio
+@pytest.mark.slow
 @needs_pulse
 def test_listen_with_the_real_engine(tmp_path, speech_wav):
     """The real recogniser (a tiny random model) behind the microphone: the loop, flush and writers agree."""
