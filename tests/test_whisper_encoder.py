@@ -77,10 +77,15 @@ def test_step_equals_forward_on_short_and_ragged_ends(n_mel):
     assert (ref - got).abs().max().item() < 1e-5
 
 
-def test_flush_without_input_returns_nothing():
+def test_empty_input_gives_empty_output():
     model = small()
     out, state = model.flush(model.init_state(1))
     assert out.shape == (1, 0, 32)
+    with torch.no_grad():
+        y, lengths = model(torch.zeros(2, 0, 80), torch.tensor([0, 0]))
+        y2, lengths2 = model(torch.randn(2, 5, 80), torch.tensor([0, 5]))
+    assert y.shape == (2, 0, 32) and lengths.tolist() == [0, 0]
+    assert lengths2.tolist() == [0, 3] and y2[0].abs().max().item() == 0.0
 
 
 @pytest.mark.parametrize("lookahead_chunks", [0, 1, 2])
@@ -187,6 +192,11 @@ def test_forward_hidden_matches_forward():
         hidden, lengths = model.forward_hidden(mel, torch.tensor([600]))
     assert len(hidden) == model.config.n_layers + 1
     assert (model.ln_post(hidden[-1]) - y).abs().max().item() < 1e-5
+    with torch.no_grad():
+        first, _ = model.forward_hidden(mel, torch.tensor([600]), upto=1)
+    assert len(first) == 2 and torch.equal(first[1], hidden[1])
+    with pytest.raises(EncoderInputError, match="upto"):
+        model.forward_hidden(mel, torch.tensor([600]), upto=9)
 
 
 def test_protocol_attributes():

@@ -268,6 +268,8 @@ class WhisperStreamingEncoder(nn.Module):
     def conv_stem(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T_mel, n_mels) -> (B, ceil(T_mel / 2), D), lengths; padding frames act as the stream's end."""
         b, t, _ = mel.shape
+        if t == 0:
+            return mel.new_zeros(b, 0, self.config.d_model), torch.zeros_like(mel_lengths)
         valid = torch.arange(t, device=mel.device)[None, :] < mel_lengths[:, None]  # (B, T_mel)
         x = (mel * valid[..., None]).transpose(1, 2)  # (B, n_mels, T_mel)
         h1 = F.gelu(self.conv1(x)) * valid[:, None, :]  # conv2 must see zeros past the end, as when streaming
@@ -275,27 +277,29 @@ class WhisperStreamingEncoder(nn.Module):
         return h2, (mel_lengths + 1) // 2
 
     def _encode_window(self, x: torch.Tensor, valid: torch.Tensor | None, full_attention: bool,
-                       keep_hidden: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """One window (positions from 0) in one masked pass: (B, T, D) -> (B, T, D) (+ each layer's output)."""
+                       upto: int | None) -> list[torch.Tensor]:
+        """One window (positions from 0) in one masked pass over (B, T, D) conv frames.
+
+        Returns [final frames] if ``upto`` is None, else the inputs of blocks 0 .. upto (upto + 1 tensors:
+        conv frames + positions, then each block's output), running only the blocks needed.
+        """
         b, t, _ = x.shape
         x = x + self.positional_embedding[:t].to(x.dtype)
         cfg = self.config
-        base = {la: (None if full_attention else chunk_mask(0, t, t, cfg.frames_per_chunk, la, x.device))
-                for la in (0, 1)}
         masks = {}
-        for la, m in base.items():
+        for la in (0, 1):
+            m = None if full_attention else chunk_mask(0, t, t, cfg.frames_per_chunk, la, x.device)
             if valid is not None:
                 key_ok = torch.arange(t, device=x.device)[None, :] < valid[:, None]  # (B, T)
                 m2 = key_ok[:, None, :] if m is None else (m[None] & key_ok[:, None, :])  # (B, T|1, T)
                 # Padding queries see everything, so no row is all -inf (their outputs are discarded).
                 m = (m2 | ~key_ok[:, :, None])[:, None]  # (B, 1, T, T)
             masks[la] = m
-        hidden = []
-        for layer, block in enumerate(self.blocks):
+        hidden = [x]
+        for layer, block in enumerate(self.blocks[: cfg.n_layers if upto is None else upto]):
             x = block(x, masks[self._layer_lookahead(layer)])
-            if keep_hidden:
-                hidden.append(x)
-        return self.ln_post(x), hidden
+            hidden.append(x)
+        return [self.ln_post(x)] if upto is None else hidden
 
     # ---- parallel
 
@@ -306,18 +310,25 @@ class WhisperStreamingEncoder(nn.Module):
         ``full_attention=True`` is the original Whisper (no mask, one window, positions from 0); it exists to
         check an import against the original's outputs.
         """
-        frames, lengths, _ = self._forward(mel, mel_lengths, full_attention, keep_hidden=False)
-        return frames, lengths
+        outs, lengths = self._forward(mel, mel_lengths, full_attention, upto=None)
+        return outs[0], lengths
 
-    def forward_hidden(self, mel: torch.Tensor, mel_lengths: torch.Tensor, *, full_attention: bool = False
-                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Every layer's output (n_layers + 1 tensors (B, T_out, D): the conv stem + positions, then each
-        block's output before the final norm), stitched across windows like ``forward``."""
-        _, lengths, hidden = self._forward(mel, mel_lengths, full_attention, keep_hidden=True)
-        return hidden, lengths
+    def forward_hidden(self, mel: torch.Tensor, mel_lengths: torch.Tensor, *, upto: int | None = None,
+                       full_attention: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Inputs of blocks 0 .. upto (default all: n_layers + 1 tensors (B, T_out, D); the last is the final
+        block's output before ``ln_post``), stitched across windows like ``forward``; runs only ``upto``
+        blocks. For feature caches: within one window (<= ``window_ms``), running the remaining blocks on
+        hidden[upto] with the same masks reproduces ``forward`` exactly."""
+        upto = self.config.n_layers if upto is None else upto
+        if not 0 <= upto <= self.config.n_layers:
+            raise EncoderInputError(f"upto must be in 0..{self.config.n_layers}, got {upto}")
+        return self._forward(mel, mel_lengths, full_attention, upto=upto)
 
-    def _forward(self, mel, mel_lengths, full_attention, keep_hidden):
+    def _forward(self, mel: torch.Tensor, mel_lengths: torch.Tensor, full_attention: bool,
+                 upto: int | None) -> tuple[list[torch.Tensor], torch.Tensor]:
         self._check_mel(mel)
+        if mel_lengths.shape != (mel.shape[0],):
+            raise EncoderInputError(f"mel_lengths must have shape ({mel.shape[0]},), got {tuple(mel_lengths.shape)}")
         mel_lengths = mel_lengths.to(mel.device)
         x, lengths = self.conv_stem(mel, mel_lengths)  # (B, T, D)
         b, t, d = x.shape
@@ -327,13 +338,11 @@ class WhisperStreamingEncoder(nn.Module):
                 raise EncoderInputError(f"full attention covers {cfg.n_ctx} frames ({cfg.n_ctx * FRAME_MS} ms) "
                                         f"at most, got {t}")
             valid = None if bool((lengths == t).all()) else lengths
-            y, hidden = self._encode_window(x, valid, True, keep_hidden)
-            hidden = [x + self.positional_embedding[:t]] + hidden if keep_hidden else []
-            return self._zero_padding(y, lengths), lengths, [self._zero_padding(h, lengths) for h in hidden]
-        out = x.new_zeros(b, t, d)
-        hidden_out = [x.new_zeros(b, t, d) for _ in range(cfg.n_layers + 1)] if keep_hidden else []
+            outs = self._encode_window(x, valid, True, upto)
+            return [self._zero_padding(y, lengths) for y in outs], lengths
+        stitched: list[torch.Tensor] = []
         k = 0
-        while True:
+        while True:  # the windows of the streaming schedule, each emitting its own stretch of frames
             emit_start, emit_end = window_emit_range(cfg, k)
             if emit_start >= t:
                 break
@@ -341,16 +350,16 @@ class WhisperStreamingEncoder(nn.Module):
             end = min(start + cfg.window_frames, t)
             win_valid = (lengths - start).clamp(0, end - start)
             valid = None if bool((win_valid == end - start).all()) else win_valid
-            xw = x[:, start:end]
-            y, hidden = self._encode_window(xw, valid, False, keep_hidden)
+            outs = self._encode_window(x[:, start:end], valid, False, upto)
+            if not stitched:
+                stitched = [x.new_zeros(b, t, d) for _ in outs]
             lo, hi = emit_start - start, min(emit_end, end) - start
-            out[:, emit_start:start + hi] = y[:, lo:hi]
-            if keep_hidden:
-                hidden = [xw + self.positional_embedding[:end - start]] + hidden
-                for dst, src in zip(hidden_out, hidden):
-                    dst[:, emit_start:start + hi] = src[:, lo:hi]
+            for dst, src in zip(stitched, outs):
+                dst[:, emit_start:start + hi] = src[:, lo:hi]
             k += 1
-        return self._zero_padding(out, lengths), lengths, [self._zero_padding(h, lengths) for h in hidden_out]
+        if not stitched:  # no frames at all
+            stitched = [x.new_zeros(b, t, d) for _ in range(1 if upto is None else upto + 1)]
+        return [self._zero_padding(y, lengths) for y in stitched], lengths
 
     @staticmethod
     def _zero_padding(y: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
