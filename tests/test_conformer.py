@@ -126,6 +126,8 @@ def test_bad_input_and_reuse_after_flush_raise():
     state = enc.init_state(1)
     with pytest.raises(EncoderInputError):
         enc.step(torch.randn(1, 10), state)
+    with pytest.raises(EncoderInputError, match="batch"):
+        enc.step(torch.randn(2, 30, 80), state)
     enc.step(torch.randn(1, 30, 80), state)
     enc.flush(state)
     with pytest.raises(EncoderInputError, match="flushed"):
@@ -140,3 +142,32 @@ def test_paper_preset_is_about_80m_with_its_decoder():
     assert CONFORMER_PRESETS["paper-80m"].n_layers == 20
     assert 75e6 < enc + dec < 85e6
     assert count_parameters(ConformerEncoder(CONFORMER_PRESETS["small"])) < 15e6
+
+
+def test_left_context_is_bounded():
+    # One layer, kernel-1 conv: chunk c sees chunks c-left..c, plus 3 mel frames before them (subsampling).
+    cfg = ConformerConfig(d_model=32, n_heads=4, n_layers=1, ff_mult=2, conv_kernel=1, subsampling_channels=8,
+                          left_chunks=2, dropout=0.0)
+    torch.manual_seed(0)
+    enc = ConformerEncoder(cfg).eval()
+    mel = torch.randn(1, 24 * 6, 80)
+    c = 5
+    base, _ = enc(mel)
+    far = mel.clone()
+    far[:, : 24 * (c - 2) - 3] += 1.0  # everything before the visible window's receptive field
+    near = mel.clone()
+    near[:, 24 * (c - 2) : 24 * (c - 2) + 4] += 1.0  # the oldest visible chunk
+    out_far, _ = enc(far)
+    out_near, _ = enc(near)
+    torch.testing.assert_close(out_far[:, 6 * c :], base[:, 6 * c :], atol=1e-6, rtol=0)
+    assert (out_near[:, 6 * c :] - base[:, 6 * c :]).abs().max() > 1e-4
+
+
+def test_training_forward_backward_reaches_every_parameter():
+    cfg = ConformerConfig(d_model=32, n_heads=4, n_layers=2, ff_mult=2, conv_kernel=5, subsampling_channels=8)
+    enc = ConformerEncoder(cfg).train()
+    out, lengths = enc(torch.randn(2, 100, 80), torch.tensor([100, 61]))
+    out.pow(2).mean().backward()
+    missing = [n for n, p in enc.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing
+    assert all(p.grad.abs().sum() > 0 for p in enc.parameters())

@@ -333,6 +333,8 @@ class ConformerEncoder(nn.Module):
         self._check_mel(mel)
         if state.finished:
             raise EncoderInputError("this stream was flushed; start a new one with init_state()")
+        if mel.shape[0] != state.mel.shape[0]:
+            raise EncoderInputError(f"batch size {mel.shape[0]} does not match the stream's {state.mel.shape[0]}")
         chunk_mel = state.chunk_frames * 4
         buf = torch.cat((state.mel, mel.to(state.mel.dtype)), dim=1)  # (B, pending + t, F)
         n_ready = buf.shape[1] // chunk_mel * chunk_mel
