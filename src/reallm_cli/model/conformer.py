@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reallm_cli.errors import ReallmError
 from reallm_cli.model.decoder import apply_rope, rope_cos_sin
 from reallm_cli.timebase import DEFAULT_CHUNK_MS, MEL_FRAME_MS, N_MELS, exact_div
 
 
-class EncoderInputError(ValueError):
+class EncoderInputError(ReallmError, ValueError):
     """Mel input of the wrong shape, or a stream used after ``flush``."""
 
 

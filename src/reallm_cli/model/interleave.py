@@ -18,8 +18,10 @@ from typing import Sequence
 
 import torch
 
+from reallm_cli.errors import ReallmError
 
-class AlignmentError(ValueError):
+
+class AlignmentError(ReallmError, ValueError):
     """A token-to-chunk alignment that is not non-decreasing or points outside the speech."""
 
 
