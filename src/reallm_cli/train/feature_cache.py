@@ -45,14 +45,21 @@ def build_cache(
     out_dir: str | Path,
     shard_size: int = 200,
     log: Callable[[str], None] = print,
+    complete_only: bool = False,
+    worker: int = 0,
+    n_workers: int = 1,
 ) -> None:
-    """Encode every manifest entry (dicts with id, audio, text, duration) into shards under ``out_dir``."""
+    """Encode every manifest entry (dicts with id, audio, text, duration) into shards under ``out_dir``.
+
+    ``complete_only`` skips a final short shard (for a manifest that is still growing); ``worker`` of
+    ``n_workers`` processes take every n-th shard, so several processes can share the work.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    n_shards = (len(entries) + shard_size - 1) // shard_size
+    n_shards = (len(entries) // shard_size) if complete_only else (len(entries) + shard_size - 1) // shard_size
     t_start = time.perf_counter()
     audio_done = 0.0
-    for s in range(n_shards):
+    for s in range(worker, n_shards, n_workers):
         npy, idx = out / f"shard_{s:05d}.npy", out / f"shard_{s:05d}.jsonl"
         if npy.exists() and idx.exists():
             continue
