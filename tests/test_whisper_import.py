@@ -7,6 +7,7 @@ the original runtime's outputs in /work/shared/golden.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from pathlib import Path
@@ -234,3 +235,23 @@ def test_convert_installed_writes_a_loadable_file(tmp_path):
     with torch.no_grad():
         y, _ = model(mel, torch.tensor([1100]), full_attention=True)
     assert (y - ref).abs().max().item() < 5e-2
+
+
+@pytest.mark.slow
+def test_pretrained_streaming_equals_parallel_in_float64():
+    """With real weights the residual stream reaches ~500, so fp32 forward/step differ by ~1e-4 from rounding
+    alone; in float64 any difference would be a logic error (short windows: several restarts in 11 s)."""
+    paths, mel, _, _ = _golden("tiny.en")
+    cfg, sd = import_whisper_encoder(paths)
+    cfg = dataclasses.replace(cfg, lookahead_ms=240, window_ms=4800, overlap_ms=960)
+    model = WhisperStreamingEncoder(cfg).double().eval()
+    model.load_state_dict({k: v.double() for k, v in sd.items()})
+    mel = mel.double()
+    state, outs = model.init_state(1), []
+    for i in range(0, mel.shape[1], 31):
+        out, state = model.step(mel[:, i:i + 31], state)
+        outs.append(out)
+    outs.append(model.flush(state)[0])
+    with torch.no_grad():
+        ref, _ = model(mel, torch.tensor([mel.shape[1]]))
+    assert (torch.cat(outs, dim=1) - ref).abs().max().item() < 1e-9
