@@ -389,7 +389,7 @@ class WhisperStreamingEncoder(nn.Module):
         frames = self._stem_step(mel.to(state.mel_tail.dtype), state, end=False)
         pending = torch.cat([state.pending, frames], dim=1)
         whole = pending.shape[1] // self.config.frames_per_chunk * self.config.frames_per_chunk
-        state.pending = pending[:, whole:]
+        state.pending = pending[:, whole:].clone()  # not a view that keeps this whole push alive
         return self._feed(pending[:, :whole], state, final=False), state
 
     @torch.no_grad()
@@ -414,7 +414,7 @@ class WhisperStreamingEncoder(nn.Module):
         h1 = buf.new_zeros(buf.shape[0], 0, self.config.d_model)
         if buf.shape[1] >= 3:
             h1 = F.gelu(F.conv1d(buf.transpose(1, 2), self.conv1.weight, self.conv1.bias)).transpose(1, 2)  # (B, n-2, D)
-        state.mel_tail = buf[:, -2:] if buf.shape[1] >= 3 else buf
+        state.mel_tail = buf[:, -2:].clone() if buf.shape[1] >= 3 else buf
         buf2 = torch.cat([state.h1_tail, h1], dim=1)  # (B, m, D)
         if end and state.n_mel > 0:
             buf2 = F.pad(buf2, (0, 0, 0, 1))
@@ -424,7 +424,7 @@ class WhisperStreamingEncoder(nn.Module):
             return buf2.new_zeros(buf2.shape[0], 0, self.config.d_model)
         y = F.conv1d(buf2[:, : 2 * n_out + 1].transpose(1, 2), self.conv2.weight, self.conv2.bias, stride=2)
         y = F.gelu(y).transpose(1, 2)  # (B, n_out, D)
-        state.h1_tail = buf2[:, 2 * n_out:]
+        state.h1_tail = buf2[:, 2 * n_out:].clone()
         return y
 
     def _open_window(self, state: WhisperStreamState) -> None:
@@ -496,19 +496,22 @@ class WhisperStreamingEncoder(nn.Module):
                 h = block.attn_ln(xq) if n_q else None
             else:
                 xq = x
+            q0, n_q = c.n_queries, xq.shape[1]
+            c.n_queries += n_q
+            if layer == cfg.n_layers - 1:
+                # The top layer's outputs are only needed where this window emits (not in the overlap
+                # that only serves as context, nor in the look-ahead tail the next window emits).
+                g0 = w.start_frame + q0
+                lo, hi = max(w.emit_start, g0), min(w.emit_end, g0 + n_q)
+                if hi <= lo:
+                    return lo, xq[:, :0]
+                xq, h, q0 = xq[:, lo - g0:hi - g0], h[:, lo - g0:hi - g0], q0 + lo - g0
             if xq.shape[1] == 0:
                 x = xq
                 continue
-            mask = chunk_mask(c.n_queries, xq.shape[1], c.n_keys, fpc, la, x.device)
+            mask = chunk_mask(q0, xq.shape[1], c.n_keys, fpc, la, x.device)
             x = block.finish(xq, h, c.k[:, :, :c.n_keys], c.v[:, :, :c.n_keys], mask)
-            c.n_queries += xq.shape[1]
-        top = w.layers[-1]
-        g0 = w.start_frame + top.n_queries - x.shape[1]  # global index of x[:, 0]
-        lo = max(w.emit_start, g0)
-        hi = min(w.emit_end, g0 + x.shape[1])
-        if hi <= lo:
-            return lo, x[:, :0]
-        return lo, self.ln_post(x[:, lo - g0:hi - g0])
+        return w.start_frame + q0, self.ln_post(x)
 
 
 # ----------------------------------------------------------------------------------------- files
