@@ -1,25 +1,37 @@
-"""Named model sizes: ``paper-80m`` (the paper's 20-layer Conformer + 2-layer decoder) and ``small``."""
+"""Named model sizes: ``paper-80m`` (the paper's 20-layer Conformer + 2-layer decoder), ``small``, ``tiny``."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 from reallm_cli.errors import ReallmError
-from reallm_cli.model.conformer import CONFORMER_PRESETS
-from reallm_cli.model.decoder import DECODER_PRESETS
+from reallm_cli.model.conformer import CONFORMER_PRESETS, ConformerConfig
+from reallm_cli.model.decoder import DECODER_PRESETS, DecoderConfig
 from reallm_cli.model.reallm import ReaLLMConfig
 
-PRESET_NAMES = tuple(CONFORMER_PRESETS)
+# For tests and smoke runs of the training recipe: ~0.3M parameters, learns a few dozen words of
+# synthetic speech in a minute or two of CPU time. Not a useful recogniser of real speech.
+_SMOKE_PRESETS: dict[str, tuple[ConformerConfig, DecoderConfig]] = {
+    "tiny": (
+        ConformerConfig(d_model=96, n_heads=2, n_layers=2, ff_mult=2, conv_kernel=7, subsampling_channels=32,
+                        left_chunks=4, dropout=0.0),
+        DecoderConfig(vocab_size=4096, d_model=96, n_layers=1, n_heads=2, n_kv_heads=2, ffn_hidden=192, window=128),
+    ),
+}
+
+PRESET_NAMES = tuple(CONFORMER_PRESETS) + tuple(_SMOKE_PRESETS)
 
 
 def preset_config(name: str, vocab_size: int | None = None, chunk_ms: int | None = None) -> ReaLLMConfig:
     """The ReaLLM config of a named preset (a from-scratch Conformer encoder)."""
-    if name not in CONFORMER_PRESETS:
+    if name in _SMOKE_PRESETS:
+        enc, dec = _SMOKE_PRESETS[name]
+    elif name in CONFORMER_PRESETS:
+        enc, dec = CONFORMER_PRESETS[name], DECODER_PRESETS[name]
+    else:
         raise ReallmError(f"unknown preset {name!r}; choose one of: {', '.join(PRESET_NAMES)}")
-    enc = CONFORMER_PRESETS[name]
     if chunk_ms is not None:
         enc = replace(enc, chunk_ms=chunk_ms)
-    dec = DECODER_PRESETS[name]
     if vocab_size is not None:
         dec = replace(dec, vocab_size=vocab_size)
     return ReaLLMConfig(encoder_kind="conformer", encoder=enc.to_dict(), decoder=dec)
