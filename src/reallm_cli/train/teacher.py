@@ -162,7 +162,7 @@ def train_teacher(
     configs = {"kind": "ctc-teacher", "teacher": config.to_dict()}
     result = run_stage(model=teacher, loss_fn=loss_fn, dataset=dataset, options=options, out=out, tokenizer=tok,
                        configs=configs, info=info, log=say, description="teacher")
-    summary = summarize(out, result, dataset, skipped)
+    summary = summarize(out, result, dataset, skipped, teacher)
     if info.is_main:
         save_teacher(out, teacher.eval(), tok, extra={"preset": preset, "steps": result["steps"]})
         say(f"wrote {out} ({result['steps']} steps, CTC loss {summary.loss:.3f}, {summary.audio_s_per_s:.1f} audio-s/s)")

@@ -97,6 +97,7 @@ class TrainSummary:
     audio_s: float  # audio seconds processed by this run (all ranks)
     wall_s: float
     audio_s_per_s: float
+    weights_digest: str  # SHA-256 of the final weights: equal on every rank of a data-parallel run
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -239,12 +240,23 @@ def run_stage(
                     dist=info, batch_iter=make_batch_iter(dataset, sampler, options.workers), description=description)
 
 
-def summarize(out: Path, result: dict, dataset: AudioDataset, skipped: int) -> TrainSummary:
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 over the state dict (names and fp32 bytes), to compare the weights of runs or ranks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().float().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def summarize(out: Path, result: dict, dataset: AudioDataset, skipped: int, model: torch.nn.Module) -> TrainSummary:
     return TrainSummary(
         output=str(out), steps=result["steps"], epochs=result["epochs"], loss=float(result["loss"]),
         utterances=len(dataset), skipped=skipped, train_audio_s=round(sum(dataset.durations_s), 2),
         audio_s=round(result["audio_s"], 2), wall_s=round(result["wall_s"], 2),
-        audio_s_per_s=round(result["audio_s_per_s"], 2),
+        audio_s_per_s=round(result["audio_s_per_s"], 2), weights_digest=weights_digest(model),
     )
 
 
@@ -342,7 +354,7 @@ def train_reallm(
     configs = {"kind": "reallm", "reallm": config.to_dict(), "freeze_encoder": freeze_encoder}
     result = run_stage(model=model, loss_fn=loss_fn, dataset=dataset, options=options, out=out, tokenizer=tok,
                        configs=configs, info=info, log=say, description="reallm")
-    summary = summarize(out, result, dataset, skipped + skipped_align)
+    summary = summarize(out, result, dataset, skipped + skipped_align, model)
     if info.is_main:
         save_model(out, model.eval(), tok, extra={"stage": "reallm", "preset": preset, "steps": result["steps"],
                                                  "train_hours": round(sum(dataset.durations_s) / 3600, 4)})
