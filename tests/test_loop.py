@@ -1,0 +1,93 @@
+"""run_loop: exact resume after a kill (list API), what a checkpoint holds, progress on stderr, bf16 flag."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from reallm_cli.train.loop import LoopConfig, load_loop_checkpoint, run_loop, step_seed
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.3), nn.Tanh(), nn.Linear(16, 1))
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    xs = torch.randn(40, 4, generator=g)
+    return xs, xs.sum(1, keepdim=True)
+
+
+def _epoch_batches(epoch: int) -> list[list[int]]:
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(epoch)).tolist()
+    return [order[i : i + 8] for i in range(0, 40, 8)]  # 5 batches an epoch: 12 steps cross 2 epochs
+
+
+def _loss_fn(model, die_at: int | None = None):
+    xs, ys = _data()
+    calls = []
+
+    def loss_fn(idx, gen):
+        calls.append(1)
+        if die_at is not None and len(calls) == die_at:
+            raise KeyboardInterrupt
+        noise = torch.randn(len(idx), 1, generator=gen) * 0.01  # uses the step's generator
+        return ((model(xs[idx]) - ys[idx] - noise) ** 2).mean(), {"audio_s": 1.0 * len(idx)}
+
+    return loss_fn
+
+
+CFG = LoopConfig(total_steps=12, lr=1e-2, warmup_steps=2, checkpoint_minutes=1e-9, log_every=4, progress=False)
+
+
+def test_killed_run_resumes_exactly(tmp_path):
+    straight = _model()
+    out = run_loop(straight, _loss_fn(straight), _epoch_batches, lambda b: b, CFG, tmp_path / "a.ckpt", log=lambda m: None)
+    assert out["steps"] == 12 and out["epochs"] == 2 and out["audio_s"] == 12 * 8
+
+    killed = _model()
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(killed, _loss_fn(killed, die_at=8), _epoch_batches, lambda b: b, CFG, tmp_path / "b.ckpt", log=lambda m: None)
+    assert load_loop_checkpoint(tmp_path / "b.ckpt")["step"] == 7
+    resumed, msgs = _model(), []
+    run_loop(resumed, _loss_fn(resumed), _epoch_batches, lambda b: b, CFG, tmp_path / "b.ckpt", log=msgs.append)
+    assert any("resumed" in m and "step 7" in m for m in msgs)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    # And training did something: the weights left their initial values.
+    assert not torch.equal(straight[0].weight, _model()[0].weight)
+
+
+def test_checkpoint_holds_what_a_run_needs(tmp_path):
+    model = _model()
+    run_loop(model, _loss_fn(model), _epoch_batches, lambda b: b, CFG, tmp_path / "c.ckpt", log=lambda m: None,
+             extra_state={"configs": {"kind": "test"}, "tokenizer": b"proto"})
+    ck = load_loop_checkpoint(tmp_path / "c.ckpt")
+    assert ck["step"] == 12 and ck["loop_config"]["total_steps"] == 12
+    assert ck["configs"] == {"kind": "test"} and ck["tokenizer"] == b"proto"
+    assert set(ck["model"]) == set(model.state_dict()) and ck["optimizer"]["state"]
+
+
+def test_step_seeds_differ_by_step_and_rank():
+    seeds = {step_seed(0, s, r) for s in range(50) for r in range(4)}
+    assert len(seeds) == 200 and step_seed(0, 3, 1) == step_seed(0, 3, 1)
+
+
+def test_progress_bar_and_bf16_flag(tmp_path, capsys):
+    model = _model()
+    cfg = LoopConfig(total_steps=3, lr=1e-2, warmup_steps=1, progress=True, bf16=True, log_every=100)
+    out = run_loop(model, _loss_fn(model), _epoch_batches, lambda b: b, cfg, tmp_path / "d.ckpt", log=lambda m: None)
+    assert out["steps"] == 3 and out["loss"] == out["loss"]  # finite under bf16 autocast
+    err = capsys.readouterr().err
+    assert "audio-s/s" in err and "3/3" in err
+
+
+def test_corrupt_checkpoint_is_a_one_line_error(tmp_path):
+    from reallm_cli.train.checkpoint import CheckpointError
+
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
+    model = _model()
+    with pytest.raises(CheckpointError, match="not a readable"):
+        run_loop(model, _loss_fn(model), _epoch_batches, lambda b: b, CFG, tmp_path / "bad.ckpt", log=lambda m: None)
