@@ -164,3 +164,38 @@ def test_pad_silence_lengths_and_floor():
 def test_babble_needs_a_pool():
     with pytest.raises(synth.SynthError):
         synth.babble([], 100, 3, np.random.default_rng(0))
+
+
+# ------------------------------------------------------------------ the default data recipe's plan
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+LJ = REPO.parent / "shared" / "text" / "ljspeech-sentences.tsv"
+
+
+def _recipe():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_data", REPO / "recipes" / "default" / "make_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_recipe_plan_is_deterministic_and_holds_out_text_and_voice(tmp_path):
+    if not LJ.exists():
+        pytest.skip(f"{LJ} absent (shared data not mounted)")
+    md = _recipe()
+    held_a, train_a = md.make_plan(tmp_path, hours=1.0, real_s=0.0)
+    held_b, train_b = md.make_plan(tmp_path, hours=1.0, real_s=0.0)
+    assert held_a == held_b and train_a == train_b
+    held_texts = {j["raw_text"] for j in held_a}
+    assert len(held_texts) == md.N_HELDOUT_TEXT
+    assert not held_texts & {j["raw_text"] for j in train_a}
+    assert md.HELDOUT_VOICE not in {j["voice"] for j in train_a}
+    assert {j["voice"] for j in held_a if j["split"] == "heldout_voice"} == {md.HELDOUT_VOICE}
+    # the planned hours follow the request, and every voice in the mix gets some audio
+    planned_h = sum(md.estimate_s(j["raw_text"]) for j in train_a) / 3600
+    assert 0.95 < planned_h < 1.1
+    assert {j["voice"] for j in train_a} == set(md.VOICE_SHARE)
+    # digits are spoken as the words of the label
+    assert md.tts_input("Call 911") == "Call nine hundred eleven."
