@@ -52,13 +52,13 @@ def main() -> None:
     ap.add_argument("--encoder", type=Path, default=Path("/work/cache/whisper-base-encoder.safetensors"))
     ap.add_argument("--out", type=Path, default=Path("weights/reallm-default.safetensors"))
     ap.add_argument("--chunk-ms", type=int, default=240)
-    ap.add_argument("--lookahead-ms", type=int, default=0)
+    ap.add_argument("--lookahead-ms", type=int, default=240)
     ap.add_argument("--vocab", type=int, default=512)
     ap.add_argument("--teacher-steps", type=int, default=3000)
     ap.add_argument("--reallm-steps", type=int, default=8000)
     ap.add_argument("--max-frames", type=int, default=6000, help="frames per batch (20 ms each)")
-    ap.add_argument("--d-model", type=int, default=512)
-    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--d-model", type=int, default=384)
+    ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--stages", default="features,tokenizer,teacher,align,reallm,export")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -80,8 +80,7 @@ def main() -> None:
     encoder = load_whisper_encoder(args.encoder, chunk_ms=args.chunk_ms, lookahead_ms=args.lookahead_ms)
     encoder.eval()
     feat_tag = f"c{args.chunk_ms}_la{args.lookahead_ms}"
-    sets = {"train": ["train.jsonl", "real_pseudo.jsonl"], "heldout_voice": ["heldout_voice.jsonl"],
-            "heldout_text": ["heldout_text.jsonl"]}
+    sets = {"train": ["train.jsonl"]}  # held-out sets are evaluated from audio, through the engine
     feat_dirs = {name: [work / "feats" / feat_tag / Path(f).stem for f in files] for name, files in sets.items()}
 
     def features():
@@ -98,7 +97,8 @@ def main() -> None:
     tok_path = work / "tokenizer.model"
 
     def tokenizer():
-        texts = [u.text for u in train_store.items]
+        # all training text, also of utterances whose features are not cached yet
+        texts = [e["text"] for f in sets["train"] if (args.data / f).exists() for e in read_jsonl(args.data / f)]
         tok_path.write_bytes(train_tokenizer(texts, args.vocab).model_proto)
 
     timed("tokenizer", tokenizer)
@@ -152,8 +152,10 @@ def main() -> None:
         log(f"alignment report: {report}")
 
     timed("align", align)
-    alignments = {r["i"]: r["chunks"] for r in map(json.loads, align_path.read_text().splitlines())}
+    by_id = {r["id"]: r["chunks"] for r in map(json.loads, align_path.read_text().splitlines())}
+    alignments = {i: by_id[u.id] for i, u in enumerate(train_store.items) if u.id in by_id}
     aligned = sorted(alignments)
+    log(f"{len(aligned)} aligned utterances in the store")
 
     dec_cfg = DecoderConfig(vocab_size=tok.vocab_size, d_model=args.d_model, n_layers=args.layers,
                             n_heads=args.d_model // 64, n_kv_heads=args.d_model // 64,
