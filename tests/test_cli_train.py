@@ -38,6 +38,7 @@ def data(tmp_path):
     rng = np.random.default_rng(0)
     for name in ("a", "b"):
         sf.write(tmp_path / f"{name}.wav", (0.1 * rng.standard_normal(24000)).astype("float32"), 16000)
+    (tmp_path / "junk.wav").write_bytes(b"RIFF but not really a wave file")
     good = [{"audio": "a.wav", "text": "red cat runs", "duration": 1.5},
             {"audio": "b.wav", "text": "Blue dog sleeps!", "duration": 1.5}]
     tok = tmp_path / "tok.model"
@@ -57,6 +58,7 @@ BAD_LINES = (
     {"audio": "a.wav", "text": "123 ... !!", "duration": 1.5},  # line 4: no letters
     {"audio": "b.wav", "text": "red cat runs " * 20, "duration": 1.5},  # line 5: far too long for 1.5 s
     "{not json",  # line 6
+    {"audio": "junk.wav", "text": "red cat", "duration": 1.0},  # line 7: not audio
 )
 
 
@@ -74,13 +76,14 @@ def test_bad_lines_are_skipped_with_line_numbers(data):
     r = run("train", "teacher", "--manifest", m, "--tokenizer", tok, "-o", tmp / "t.pt", "--preset", "tiny",
             "--steps", "2", "--max-batch-s", "4", "--threads", "1", "--no-progress")
     assert r.exit_code == 0, r.output
-    for line_no, what in ((3, "not found"), (4, "no letters"), (5, "too long"), (6, "invalid JSON")):
+    for line_no, what in ((3, "not found"), (4, "no letters"), (5, "too long"), (6, "invalid JSON"), (7, "unreadable")):
         assert f"m.jsonl:{line_no}: " in r.output and what in r.output, (line_no, r.output)
-    assert "skipped 4 lines" in r.output
+    assert "skipped 5 lines" in r.output
     assert (tmp / "t.pt").is_file()
 
 
-@pytest.mark.parametrize("bad_index,line_no,fragment", [(0, 3, "not found"), (1, 3, "no letters"), (2, 3, "too long")])
+@pytest.mark.parametrize("bad_index,line_no,fragment", [(0, 3, "not found"), (1, 3, "no letters"), (2, 3, "too long"),
+                                                        (4, 3, "unreadable")])
 def test_refuse_stops_at_the_first_bad_line(data, bad_index, line_no, fragment):
     tmp, tok, manifest = data
     m = manifest(BAD_LINES[bad_index])

@@ -12,6 +12,7 @@ and after a resume. Batches are lists of ``(epoch, index)`` keys, which is how t
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -131,7 +132,15 @@ class AudioDataset(Dataset):
             self._cache[i] = audio
         return audio
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
+    def __getitem__(self, key: tuple[int, int]) -> dict | None:
+        """The item, or None (reported on stderr) when its audio cannot be decoded; ``collate`` drops it."""
+        try:
+            return self._item(key)
+        except AudioDataError as exc:
+            print(f"skipping in epoch {key[0]}: {exc}", file=sys.stderr, flush=True)
+            return None
+
+    def _item(self, key: tuple[int, int]) -> dict:
         epoch, i = key
         utt = self.utterances[i]
         rng = np.random.default_rng([self.seed, epoch, i])
@@ -162,8 +171,11 @@ class AudioDataset(Dataset):
         return item
 
 
-def collate(items: list[dict]) -> AudioBatch:
-    """Right-pad log-mels to one (B, T_max, 80) batch."""
+def collate(items: list[dict | None]) -> AudioBatch:
+    """Right-pad log-mels to one (B, T_max, 80) batch (items whose audio failed to decode are left out)."""
+    items = [it for it in items if it is not None]
+    if not items:
+        raise AudioDataError("no utterance of a batch could be read (see the messages above)")
     t_max = max(it["mel"].shape[0] for it in items)
     mel = torch.zeros(len(items), t_max, N_MELS)
     for b, it in enumerate(items):

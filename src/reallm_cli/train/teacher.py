@@ -90,6 +90,9 @@ def save_teacher(path: str | Path, teacher: CTCTeacher, tokenizer: Tokenizer, ex
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; a model file is not secret
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -186,7 +189,7 @@ def _batches_by_duration(durations_s: list[float], max_batch_s: float) -> list[l
 @torch.inference_mode()
 def teacher_posteriors(teacher: CTCTeacher, dataset: AudioDataset, batch: list[int]):
     """Log-posteriors (B, T, V) and frame lengths for some utterances of a dataset (no augmentation)."""
-    b = collate([dataset[(0, i)] for i in batch])
+    b = collate([dataset._item((0, i)) for i in batch])  # raises AudioDataError on unreadable audio
     return teacher(b.mel, b.mel_lengths)
 
 

@@ -127,25 +127,45 @@ def report_problems(what: str, problems: list[str], log: Log) -> None:
 
 
 def _line_numbers(path: Path) -> dict[str, int]:
-    """Utterance id -> manifest line, for messages about entries found bad after parsing."""
+    """Utterance id and resolved audio path -> manifest line, for entries found bad after parsing."""
     import json
 
     out = {}
+    base = path.resolve().parent
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
             try:
                 d = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(d, dict) and isinstance(d.get("id"), str):
+            if not isinstance(d, dict):
+                continue
+            if isinstance(d.get("id"), str):
                 out[d["id"]] = n
+            if isinstance(d.get("audio"), str) and d["audio"]:
+                out.setdefault(str((base / d["audio"]).resolve()), n)
     return out
 
 
+def _unreadable(audio: Path) -> str | None:
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(audio))
+    except (RuntimeError, sf.LibsndfileError) as exc:
+        return f"unreadable audio file {audio}: {str(exc).splitlines()[0]}"
+    return None if info.frames > 0 else f"audio file {audio} holds no samples"
+
+
 def read_training_manifest(
-    path: str | Path, on_error: OnError, log: Log, *, tokenizer: Tokenizer | None = None, chunk_ms: int = 240
+    path: str | Path, on_error: OnError, log: Log, *, tokenizer: Tokenizer | None = None, chunk_ms: int = 240,
+    probe_audio: bool = True,
 ) -> tuple[list[ManifestEntry], list[list[int]], int]:
-    """Usable entries, their word pieces (normalised text; empty when no tokenizer) and the number skipped."""
+    """Usable entries, their word pieces (normalised text; empty when no tokenizer) and the number skipped.
+
+    ``probe_audio`` opens every audio file's header once, so an unreadable file is reported with
+    its line number before training starts rather than found hours into it.
+    """
     path = Path(path)
     count = (lambda t: len(tokenizer.encode(normalize_text(t)))) if tokenizer is not None else None
     m = read_manifest(path, on_error, count_tokens=count, chunk_ms=chunk_ms)
@@ -155,14 +175,14 @@ def read_training_manifest(
     for e in m.entries:
         text = normalize_text(e.text)
         toks = tokenizer.encode(text) if tokenizer is not None else []
-        bad = None
-        if not text:
+        bad = _unreadable(e.audio) if probe_audio else None
+        if bad is None and not text:
             bad = f"text has nothing to say once normalised: {e.text!r}"
-        elif tokenizer is not None and not toks:
+        elif bad is None and tokenizer is not None and not toks:
             bad = f"text gives no word pieces: {e.text!r}"
         if bad:
             lines = lines or _line_numbers(path)
-            msg = f"{path}:{lines.get(e.id, '?')}: {bad}"
+            msg = f"{path}:{lines.get(e.id) or lines.get(str(e.audio), '?')}: {bad}"
             if on_error == "refuse":
                 raise ManifestError(msg)
             problems.append(msg)
@@ -181,7 +201,7 @@ def train_tokenizer_from_manifest(
     """SentencePiece on the manifest's normalised transcripts (BLANK reserved), written to ``out``."""
     if vocab_size < 8:
         raise TrainError(f"vocabulary size must be at least 8, got {vocab_size}")
-    entries, _, _ = read_training_manifest(manifest, on_error, log)
+    entries, _, _ = read_training_manifest(manifest, on_error, log, probe_audio=False)
     texts = [normalize_text(e.text) for e in entries]
     try:
         tok = train_tokenizer(texts, vocab_size)
@@ -272,7 +292,7 @@ def _aligned_utterances(
     utts, problems, n_failed, n_mismatch = [], [], 0, 0
     for e, toks in zip(entries, tokens):
         r = records.get(e.id)
-        where = f"{manifest}:{lines.get(e.id, '?')}"
+        where = f"{manifest}:{lines.get(e.id) or lines.get(str(e.audio), '?')}"
         if r is None:
             msg = f"{where}: utterance {e.id!r} has no line in {alignments}"
         elif not r.ok:
