@@ -30,8 +30,8 @@ class CTCHead(nn.Module):
 
 def ctc_loss(logp: torch.Tensor, frame_lengths: torch.Tensor, tokens: list[list[int]], blank: int) -> torch.Tensor:
     """Mean CTC loss per target token over a batch; impossible utterances contribute zero."""
-    targets = torch.tensor([t for seq in tokens for t in seq], dtype=torch.long)
-    target_lengths = torch.tensor([len(seq) for seq in tokens], dtype=torch.long)
+    targets = torch.tensor([t for seq in tokens for t in seq], dtype=torch.long, device=logp.device)
+    target_lengths = torch.tensor([len(seq) for seq in tokens], dtype=torch.long, device=logp.device)
     loss = F.ctc_loss(
         logp.transpose(0, 1), targets, frame_lengths, target_lengths,
         blank=blank, reduction="sum", zero_infinity=True,

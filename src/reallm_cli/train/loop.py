@@ -212,7 +212,7 @@ def run_loop(
 
     show_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     bar = _Progress(cfg.total_steps, step, description) if (show_bar and info.is_main and step < cfg.total_steps) else None
-    device = info.device
+    device = next(core.parameters()).device
     model.train()
     timer = CheckpointTimer(cfg.checkpoint_minutes)
     t0 = time.perf_counter()

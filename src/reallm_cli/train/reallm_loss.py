@@ -25,10 +25,11 @@ def reallm_loss(
     batch = collate_interleaved(
         [build_interleaved(n, t, c, blank) for n, t, c in zip(n_chunks, tokens, token_chunks)], pad_target=IGNORE
     )
-    tok_emb = model.decoder.embed(batch.input_tokens)  # (B, L, D)
-    x = assemble_decoder_inputs(speech, tok_emb, batch.is_speech, batch.speech_index)
+    dev = frames.device  # the interleaved layout is built on the CPU; move it to where the model runs
+    tok_emb = model.decoder.embed(batch.input_tokens.to(dev))  # (B, L, D)
+    x = assemble_decoder_inputs(speech, tok_emb, batch.is_speech.to(dev), batch.speech_index.to(dev))
     logits = model.decoder(x)  # (B, L, V)
-    targets = batch.targets
+    targets = batch.targets.to(dev)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
     with torch.no_grad():
         piece = (targets != IGNORE) & (targets != blank)

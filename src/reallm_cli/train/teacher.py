@@ -29,6 +29,7 @@ from reallm_cli.text import normalize_text
 from reallm_cli.tokenizer import Tokenizer
 from reallm_cli.train.audio_data import NO_AUGMENT, AudioDataError, AudioDataset, AugmentConfig, Utterance, collate
 from reallm_cli.train.ctc_head import CTCHead, ctc_loss
+from reallm_cli.train.distributed import DistInfo
 from reallm_cli.train.trainer import (
     Log,
     OnError,
@@ -36,6 +37,7 @@ from reallm_cli.train.trainer import (
     TrainSummary,
     load_tokenizer,
     log_stderr,
+    training_device,
     read_training_manifest,
     run_stage,
     summarize,
@@ -158,8 +160,11 @@ def train_teacher(
     say(f"CTC teacher {preset}: {n_params / 1e6:.1f}M parameters, {len(dataset)} utterances "
         f"({sum(dataset.durations_s) / 3600:.2f} h), {info.world_size} process(es)")
 
+    device = training_device(info)
+    teacher.to(device)
+
     def loss_fn(batch, gen):
-        logp, lengths = teacher(batch.mel, batch.mel_lengths)
+        logp, lengths = teacher(batch.mel.to(device), batch.mel_lengths.to(device))
         return ctc_loss(logp.float(), lengths, batch.tokens, tok.blank), {"audio_s": batch.audio_s}
 
     configs = {"kind": "ctc-teacher", "teacher": config.to_dict()}
@@ -167,7 +172,7 @@ def train_teacher(
                        configs=configs, info=info, log=say, description="teacher")
     summary = summarize(out, result, dataset, skipped, teacher)
     if info.is_main:
-        save_teacher(out, teacher.eval(), tok, extra={"preset": preset, "steps": result["steps"]})
+        save_teacher(out, teacher.cpu().eval(), tok, extra={"preset": preset, "steps": result["steps"]})
         say(f"wrote {out} ({result['steps']} steps, CTC loss {summary.loss:.3f}, {summary.audio_s_per_s:.1f} audio-s/s)")
     barrier(info)
     cleanup(info)
@@ -190,7 +195,9 @@ def _batches_by_duration(durations_s: list[float], max_batch_s: float) -> list[l
 def teacher_posteriors(teacher: CTCTeacher, dataset: AudioDataset, batch: list[int]):
     """Log-posteriors (B, T, V) and frame lengths for some utterances of a dataset (no augmentation)."""
     b = collate([dataset._item((0, i)) for i in batch])  # raises AudioDataError on unreadable audio
-    return teacher(b.mel, b.mel_lengths)
+    device = next(teacher.parameters()).device
+    logp, lengths = teacher(b.mel.to(device), b.mel_lengths.to(device))
+    return logp.float().cpu(), lengths.cpu()
 
 
 def align_manifest(
@@ -209,6 +216,7 @@ def align_manifest(
     also keeps each piece's spike frame, from which the trainer recomputes chunks for sped-up audio.
     """
     teacher, tok = load_teacher(teacher_path)
+    teacher.to(training_device(DistInfo()))
     chunk_ms = chunk_ms or teacher.encoder.chunk_ms
     if chunk_ms % teacher.frame_ms:
         raise ModelError(f"chunk_ms {chunk_ms} is not a multiple of the teacher's {teacher.frame_ms} ms frames")

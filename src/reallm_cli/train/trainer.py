@@ -37,6 +37,13 @@ class TrainError(ReallmError):
     """Training input or settings that cannot work (names the file and what is wrong)."""
 
 
+def training_device(info: DistInfo) -> torch.device:
+    """Each rank's own GPU under torchrun with NCCL, else the one GPU if there is one, else the CPU."""
+    if info.enabled:
+        return info.device
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
 def log_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -365,8 +372,11 @@ def train_reallm(
     say(f"Speech ReaLLM {preset}: {n_params / 1e6:.1f}M parameters, {len(dataset)} utterances "
         f"({sum(dataset.durations_s) / 3600:.2f} h), {info.world_size} process(es)")
 
+    device = training_device(info)
+    model.to(device)
+
     def loss_fn(batch, gen):
-        frames, lengths = model.encoder(batch.mel, batch.mel_lengths)
+        frames, lengths = model.encoder(batch.mel.to(device), batch.mel_lengths.to(device))
         loss, stats = reallm_loss(model, frames, lengths, batch.tokens, batch.token_chunks, tok.blank)
         stats["audio_s"] = batch.audio_s
         return loss.float(), stats
@@ -376,7 +386,7 @@ def train_reallm(
                        configs=configs, info=info, log=say, description="reallm")
     summary = summarize(out, result, dataset, skipped + skipped_align, model)
     if info.is_main:
-        save_model(out, model.eval(), tok, extra={"stage": "reallm", "preset": preset, "steps": result["steps"],
+        save_model(out, model.cpu().eval(), tok, extra={"stage": "reallm", "preset": preset, "steps": result["steps"],
                                                  "train_hours": round(sum(dataset.durations_s) / 3600, 4)})
         say(f"wrote {out} ({result['steps']} steps, loss {summary.loss:.3f}, {summary.audio_s_per_s:.1f} audio-s/s)")
     barrier(info)
