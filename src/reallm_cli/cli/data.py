@@ -15,7 +15,7 @@ OnErrorOpt = Annotated[str, typer.Option("--on-error", help="skip: report bad ut
 OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Manifest to write (JSON Lines; audio paths relative to its folder).", show_default=False)]
 
 
-def _run(importer, root: Path, output: Path, on_error: str, **kwargs) -> None:
+def _run(importer, roots: list[Path], output: Path, on_error: str, **kwargs) -> None:
     from reallm_cli.errors import ReallmError
     from reallm_cli.train.importers import DatasetImportWarning
     from reallm_cli.train.manifest import write_manifest
@@ -24,7 +24,12 @@ def _run(importer, root: Path, output: Path, on_error: str, **kwargs) -> None:
         raise ReallmError(f"--on-error must be skip or refuse, not {on_error!r}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DatasetImportWarning)
-        entries = importer(root, on_error=on_error, **kwargs)
+        entries = [e for root in roots for e in importer(root, on_error=on_error, **kwargs)]
+    seen: set[str] = set()
+    for e in entries:
+        if e.id in seen:
+            raise ReallmError(f"utterance id {e.id!r} occurs in more than one of the folders; import them separately")
+        seen.add(e.id)
     skipped = [str(w.message) for w in caught if issubclass(w.category, DatasetImportWarning)]
     for message in skipped[:20]:
         print(f"skipped: {message}", file=sys.stderr)
@@ -41,19 +46,19 @@ def _run(importer, root: Path, output: Path, on_error: str, **kwargs) -> None:
 
 @data_app.command("librispeech")
 def librispeech_command(
-    root: Annotated[Path, typer.Argument(help="A LibriSpeech folder (speaker/chapter/*.trans.txt beside *.flac).", show_default=False)],
+    roots: Annotated[list[Path], typer.Argument(help="LibriSpeech folders (speaker/chapter/*.trans.txt beside *.flac), e.g. train-clean-100 train-clean-360 train-other-500.", show_default=False)],
     output: OutOpt,
     on_error: OnErrorOpt = "skip",
 ) -> None:
-    """Import a LibriSpeech-layout corpus (e.g. train-clean-100) into a manifest."""
+    """Import LibriSpeech-layout corpora into one manifest."""
     from reallm_cli.train.importers import import_librispeech
 
-    _run(import_librispeech, root, output, on_error)
+    _run(import_librispeech, roots, output, on_error)
 
 
 @data_app.command("folder")
 def folder_command(
-    root: Annotated[Path, typer.Argument(help="A folder of audio files, each with a same-named .txt transcript beside it.", show_default=False)],
+    roots: Annotated[list[Path], typer.Argument(help="Folders of audio files, each with a same-named .txt transcript beside it.", show_default=False)],
     output: OutOpt,
     on_error: OnErrorOpt = "skip",
     ext: Annotated[list[str], typer.Option("--ext", help="Audio file extensions to take (repeatable).")] = [".wav", ".flac", ".ogg", ".mp3"],
@@ -61,7 +66,7 @@ def folder_command(
     """Import every audio file under a folder that has a transcript beside it."""
     from reallm_cli.train.importers import import_folder
 
-    _run(import_folder, root, output, on_error, audio_extensions=ext)
+    _run(import_folder, roots, output, on_error, audio_extensions=ext)
 
 
 def register(app: typer.Typer) -> None:
