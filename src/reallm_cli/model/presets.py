@@ -9,7 +9,7 @@ from reallm_cli.model.conformer import CONFORMER_PRESETS, ConformerConfig
 from reallm_cli.model.decoder import DECODER_PRESETS, DecoderConfig
 from reallm_cli.model.reallm import ReaLLMConfig
 
-# For tests and smoke runs of the training recipe: ~0.3M parameters, learns a few dozen words of
+# For tests and smoke runs of the training recipe: ~0.5M parameters, learns a few dozen words of
 # synthetic speech in a minute or two of CPU time. Not a useful recogniser of real speech.
 _SMOKE_PRESETS: dict[str, tuple[ConformerConfig, DecoderConfig]] = {
     "tiny": (
