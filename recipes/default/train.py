@@ -91,7 +91,8 @@ def main() -> None:
                     build_cache(read_jsonl(args.data / f), encoder, d, log=log)
 
     timed("features", features)
-    train_store = FeatureStore(feat_dirs["train"])
+    # every cache folder of this encoder setting whose name starts with "train" (a run may add more)
+    train_store = FeatureStore(sorted((work / "feats" / feat_tag).glob("train*")))
     log(f"train store: {len(train_store)} utterances, {sum(u.duration for u in train_store.items) / 3600:.2f} h")
 
     tok_path = work / "tokenizer.model"
