@@ -24,6 +24,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import re
 import sys
 import time
 from collections import Counter, defaultdict
@@ -67,6 +68,8 @@ VOICE_SHARE = {
     "espeak-scot-f2": 0.025, "espeak-lanc-m5": 0.025, "espeak-wmid-klatt": 0.025, "espeak-carib-f4": 0.025,
     "espeak-us-whisper": 0.01,
 }
+# measured actual/estimated duration on the first 4.5 h made (see estimate_s)
+ESTIMATE_RATIO = {"lj": 0.845, "short": 0.79}
 SHORT_SHARE = 0.25  # of synthetic audio: digits, numbers, dates, phrases, conversation
 
 
@@ -217,7 +220,10 @@ def make_plan(out: Path, hours: float, real_s: float) -> tuple[list[dict], list[
     rng.shuffle(lj)
     names, shares = list(VOICE_SHARE), np.array(list(VOICE_SHARE.values()))
     shares = shares / shares.sum()
-    budget = {"lj": synth_s * (1 - SHORT_SHARE), "short": synth_s * SHORT_SHARE}
+    # estimate_s runs long; dividing the budget (not changing the estimate) keeps voice assignment,
+    # and so every utterance id, identical for the prefix of the plan that earlier runs made
+    budget = {"lj": synth_s * (1 - SHORT_SHARE) / ESTIMATE_RATIO["lj"],
+              "short": synth_s * SHORT_SHARE / ESTIMATE_RATIO["short"]}
     synth_jobs = []
     for kind, pool in (("lj", lj), ("short", shorts)):
         # voices are dealt so that each voice's planned seconds track its share (not its count)
@@ -387,8 +393,9 @@ def write_readme(out: Path, lines: dict[str, dict], args: argparse.Namespace, el
     aug = Counter()
     for r in train:
         for t in r["aug"].split("+"):
-            key = "".join(c for c in t.split("@")[0] if c.isalpha() or c == ":")
-            aug[key] += 1
+            m = re.match(r"[a-z]+(:[a-z]+)?", t)  # 'noise:pink@12dB' -> 'noise:pink', 'rir0.45s' -> 'rir'
+            if m:  # (older tags 'pitch+1.3st' leave a numeric fragment, skipped)
+                aug[m.group(0)] += 1
     n_short = sum(1 for r in by_split["train"] if r["id"].startswith("short"))
     md = [
         "# reallm default-model data",

@@ -451,7 +451,7 @@ def augment(x: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig = Augmen
         if rng.random() < cfg.p_pitch:
             st = float(rng.uniform(-cfg.pitch_semitones, cfg.pitch_semitones))
             x = pitch_shift(x, st)
-            tags.append(f"pitch{st:+.1f}st")
+            tags.append(f"pitch{st:.1f}st")  # no '+' sign: '+' separates tags
         if rng.random() < cfg.p_reverb:
             rt60 = float(rng.uniform(*cfg.rt60_range_s))
             x = reverberate(x, synthetic_rir(rt60, rng, direct_to_reverb_db=float(rng.uniform(-3, 8))))
