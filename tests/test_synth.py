@@ -194,7 +194,8 @@ def test_recipe_plan_is_deterministic_and_holds_out_text_and_voice(tmp_path):
     assert md.HELDOUT_VOICE not in {j["voice"] for j in train_a}
     assert {j["voice"] for j in held_a if j["split"] == "heldout_voice"} == {md.HELDOUT_VOICE}
     # the planned hours follow the request, and every voice in the mix gets some audio
-    planned_h = sum(md.estimate_s(j["raw_text"]) for j in train_a) / 3600
+    planned_h = sum(md.estimate_s(j["raw_text"]) * md.ESTIMATE_RATIO["short" if j["id"].startswith("short") else "lj"]
+                    for j in train_a) / 3600
     assert 0.95 < planned_h < 1.1
     assert {j["voice"] for j in train_a} == set(md.VOICE_SHARE)
     # digits are spoken as the words of the label
