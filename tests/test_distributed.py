@@ -49,8 +49,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_two_cpu_processes_keep_identical_parameters(tmp_path):
-    # fork, not spawn: the children need not import torch again (seconds each on a busy machine)
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method="fork")
+    # spawn, not fork: forking a process whose torch thread pools already ran (earlier tests) can
+    # deadlock the children; that was seen here in the full suite.
+    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method="spawn")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD))
     for a, b in zip(r0["params"], r1["params"]):
         assert torch.equal(a, b)
