@@ -59,6 +59,7 @@ BAD_LINES = (
     {"audio": "b.wav", "text": "red cat runs " * 20, "duration": 1.5},  # line 5: far too long for 1.5 s
     "{not json",  # line 6
     {"audio": "junk.wav", "text": "red cat", "duration": 1.0},  # line 7: not audio
+    {"id": "long", "audio": "a.wav", "text": "red cat", "duration": 9.0},  # line 8: a.wav lasts 1.5 s
 )
 
 
@@ -76,9 +77,10 @@ def test_bad_lines_are_skipped_with_line_numbers(data):
     r = run("train", "teacher", "--manifest", m, "--tokenizer", tok, "-o", tmp / "t.pt", "--preset", "tiny",
             "--steps", "2", "--max-batch-s", "4", "--threads", "1", "--no-progress")
     assert r.exit_code == 0, r.output
-    for line_no, what in ((3, "not found"), (4, "no letters"), (5, "too long"), (6, "invalid JSON"), (7, "unreadable")):
+    for line_no, what in ((3, "not found"), (4, "no letters"), (5, "too long"), (6, "invalid JSON"), (7, "unreadable"),
+                          (8, "lasts 1.50 s")):
         assert f"m.jsonl:{line_no}: " in r.output and what in r.output, (line_no, r.output)
-    assert "skipped 5 lines" in r.output
+    assert "skipped 6 lines" in r.output
     assert (tmp / "t.pt").is_file()
 
 

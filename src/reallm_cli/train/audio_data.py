@@ -174,8 +174,9 @@ class AudioDataset(Dataset):
 def collate(items: list[dict | None]) -> AudioBatch:
     """Right-pad log-mels to one (B, T_max, 80) batch (items whose audio failed to decode are left out)."""
     items = [it for it in items if it is not None]
-    if not items:
-        raise AudioDataError("no utterance of a batch could be read (see the messages above)")
+    if not items:  # every file of the batch failed: an empty batch keeps the step count (and the ranks) in step
+        return AudioBatch(mel=torch.zeros(0, 0, N_MELS), mel_lengths=torch.zeros(0, dtype=torch.long), tokens=[],
+                          token_chunks=[], audio_s=0.0, ids=[])
     t_max = max(it["mel"].shape[0] for it in items)
     mel = torch.zeros(len(items), t_max, N_MELS)
     for b, it in enumerate(items):

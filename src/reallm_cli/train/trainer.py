@@ -154,14 +154,22 @@ def _line_numbers(path: Path) -> dict[str, int]:
     return out
 
 
-def _unreadable(audio: Path) -> str | None:
+def _audio_problem(entry: ManifestEntry) -> str | None:
+    """What is wrong with an entry's audio file, judged from its header alone (None when nothing)."""
     import soundfile as sf
 
     try:
-        info = sf.info(str(audio))
+        info = sf.info(str(entry.audio))
     except (RuntimeError, sf.LibsndfileError) as exc:
-        return f"unreadable audio file {audio}: {str(exc).splitlines()[0]}"
-    return None if info.frames > 0 else f"audio file {audio} holds no samples"
+        return f"unreadable audio file {entry.audio}: {str(exc).splitlines()[0]}"
+    if info.frames <= 0:
+        return f"audio file {entry.audio} holds no samples"
+    actual_s = info.frames / info.samplerate
+    # A duration far from the file's is a line paired with the wrong file (or a stale manifest):
+    # batching, the length checks and the alignment would all be off.
+    if abs(actual_s - entry.duration_s) > 0.25 + 0.1 * actual_s:
+        return f"'duration' is {entry.duration_s:.2f} s but {entry.audio.name} lasts {actual_s:.2f} s"
+    return None
 
 
 def read_training_manifest(
@@ -170,8 +178,9 @@ def read_training_manifest(
 ) -> tuple[list[ManifestEntry], list[list[int]], int]:
     """Usable entries, their word pieces (normalised text; empty when no tokenizer) and the number skipped.
 
-    ``probe_audio`` opens every audio file's header once, so an unreadable file is reported with
-    its line number before training starts rather than found hours into it.
+    ``probe_audio`` opens every audio file's header once, so an unreadable file (or one whose
+    length is not the manifest's duration) is reported with its line number before training starts
+    rather than found hours into it.
     """
     path = Path(path)
     count = (lambda t: len(tokenizer.encode(normalize_text(t)))) if tokenizer is not None else None
@@ -182,7 +191,7 @@ def read_training_manifest(
     for e in m.entries:
         text = normalize_text(e.text)
         toks = tokenizer.encode(text) if tokenizer is not None else []
-        bad = _unreadable(e.audio) if probe_audio else None
+        bad = _audio_problem(e) if probe_audio else None
         if bad is None and not text:
             bad = f"text has nothing to say once normalised: {e.text!r}"
         elif bad is None and tokenizer is not None and not toks:
@@ -262,8 +271,15 @@ def run_stage(
                 )
             del ck
     barrier(info)
+
+    def guarded_loss(batch, gen):
+        if not batch.ids:  # no file of this batch could be read: a zero-gradient step, in step with other ranks
+            params = [p for p in model.parameters() if p.requires_grad]
+            return sum(p.sum() for p in params) * 0.0, {"audio_s": 0.0}
+        return loss_fn(batch, gen)
+
     extra_state = {"configs": configs, "tokenizer": tokenizer.model_proto}
-    return run_loop(model, loss_fn, None, None, options.loop_config(), ckpt, log, extra_state,
+    return run_loop(model, guarded_loss, None, None, options.loop_config(), ckpt, log, extra_state,
                     dist=info, batch_iter=make_batch_iter(dataset, sampler, options.workers), description=description)
 
 
