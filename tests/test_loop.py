@@ -91,3 +91,20 @@ def test_corrupt_checkpoint_is_a_one_line_error(tmp_path):
     model = _model()
     with pytest.raises(CheckpointError, match="not a readable"):
         run_loop(model, _loss_fn(model), _epoch_batches, lambda b: b, CFG, tmp_path / "bad.ckpt", log=lambda m: None)
+
+
+def test_resumes_a_checkpoint_of_the_previous_loop_format(tmp_path):
+    # recipes/default/train.py runs for hours; its checkpoints from before the loop used schedule.py
+    # (one AdamW parameter group, a lambda schedule) must still resume.
+    from reallm_cli.train.loop import warmup_cosine
+
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, 2, 12))
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "generator": torch.Generator().get_state(), "step": 5, "epoch": 1, "batch_idx": 0, "loop_config": {}},
+               tmp_path / "old.ckpt")
+    msgs = []
+    out = run_loop(model, _loss_fn(model), _epoch_batches, lambda b: b, CFG, tmp_path / "old.ckpt", log=msgs.append)
+    assert "step 5" in msgs[0] and out["steps"] == 12 and out["audio_s"] == 7 * 8
+    assert torch.load(tmp_path / "old.ckpt", weights_only=False)["step"] == 12
