@@ -223,7 +223,6 @@ def align_manifest(
     entries, tokens, _ = read_training_manifest(manifest, on_error, log, tokenizer=tok, chunk_ms=chunk_ms)
     dataset = AudioDataset([Utterance(e, tuple(t)) for e, t in zip(entries, tokens)], NO_AUGMENT, cache_audio=False)
     records: list[AlignmentRecord | None] = [None] * len(entries)
-    k = chunk_ms // teacher.frame_ms
     for batch in _batches_by_duration(dataset.durations_s, max_batch_s):
         try:
             logp, lengths = teacher_posteriors(teacher, dataset, batch)
@@ -235,27 +234,23 @@ def align_manifest(
                 except AudioDataError as exc:
                     records[i] = AlignmentRecord(id=entries[i].id, tokens=tuple(tokens[i]), error=str(exc))
                     continue
-                records[i] = _record(entries[i].id, lp[0, : int(ln[0])], tokens[i], tok.blank, teacher.frame_ms, chunk_ms, k)
+                res = ctc_forced_align_batch(lp, ln.tolist(), [tokens[i]], tok.blank)[0]
+                records[i] = _record(entries[i].id, tokens[i], res, int(ln[0]), teacher.frame_ms, chunk_ms)
             continue
         results = ctc_forced_align_batch(logp, lengths.tolist(), [tokens[i] for i in batch], tok.blank)
         for i, n, res in zip(batch, lengths.tolist(), results):
-            if isinstance(res, AlignmentImpossibleError):
-                records[i] = AlignmentRecord(id=entries[i].id, tokens=tuple(tokens[i]), error=str(res))
-            else:
-                chunks = token_chunks_from_frames(res.token_frames, teacher.frame_ms, chunk_ms,
-                                                  n_chunks=max(1, math.ceil(n / k)))
-                records[i] = AlignmentRecord(id=entries[i].id, tokens=res.tokens, token_chunks=tuple(chunks),
-                                             score=round(res.score, 3), token_frames=res.token_frames)
+            records[i] = _record(entries[i].id, tokens[i], res, n, teacher.frame_ms, chunk_ms)
     done = [r for r in records if r is not None]
     write_alignments(out, done)
     return alignment_report(done, frame_ms=teacher.frame_ms, chunk_ms=chunk_ms, lookahead_ms=teacher.encoder.lookahead_ms)
 
 
-def _record(utt_id: str, logp, tokens, blank: int, frame_ms: int, chunk_ms: int, k: int) -> AlignmentRecord:
-    res = ctc_forced_align_batch(logp[None], [logp.shape[0]], [tokens], blank)[0]
+def _record(utt_id: str, tokens: list[int], res, n_frames: int, frame_ms: int, chunk_ms: int) -> AlignmentRecord:
+    """An alignment file line from a forced-alignment result (or its failure)."""
     if isinstance(res, AlignmentImpossibleError):
         return AlignmentRecord(id=utt_id, tokens=tuple(tokens), error=str(res))
-    chunks = token_chunks_from_frames(res.token_frames, frame_ms, chunk_ms, n_chunks=max(1, math.ceil(logp.shape[0] / k)))
+    n_chunks = max(1, math.ceil(n_frames / (chunk_ms // frame_ms)))
+    chunks = token_chunks_from_frames(res.token_frames, frame_ms, chunk_ms, n_chunks=n_chunks)
     return AlignmentRecord(id=utt_id, tokens=res.tokens, token_chunks=tuple(chunks), score=round(res.score, 3),
                            token_frames=res.token_frames)
 
