@@ -376,10 +376,17 @@ def synthetic_rir(rt60_s: float, rng: np.random.Generator, direct_to_reverb_db: 
 
 def reverberate(x: np.ndarray, rir: np.ndarray) -> np.ndarray:
     """Convolve with rir, keep the original length and level (aligned to the direct path)."""
-    from scipy.signal import fftconvolve
-
+    fftconvolve = _scipy_signal().fftconvolve
     y = fftconvolve(x, rir)[: len(x)].astype(np.float32)
     return y * (rms(x) / max(rms(y), 1e-9))
+
+
+def _scipy_signal():
+    try:
+        import scipy.signal
+    except ImportError as e:  # scipy is a data-making dependency, not a runtime one
+        raise SynthError("reverberation and telephone augmentation need scipy (pip install scipy)") from e
+    return scipy.signal
 
 
 def mu_law(x: np.ndarray, mu: int = 255) -> np.ndarray:
@@ -392,8 +399,8 @@ def mu_law(x: np.ndarray, mu: int = 255) -> np.ndarray:
 
 def telephone(x: np.ndarray) -> np.ndarray:
     """300-3400 Hz band, 8 kHz sampling and mu-law, returned at 16 kHz with the original length."""
-    from scipy.signal import butter, sosfilt
-
+    sig = _scipy_signal()
+    butter, sosfilt = sig.butter, sig.sosfilt
     sos = butter(6, [300, 3400], btype="bandpass", fs=SAMPLE_RATE, output="sos")
     y = sosfilt(sos, x).astype(np.float32)
     peak = float(np.max(np.abs(y))) or 1.0
