@@ -314,7 +314,8 @@ def produce(job: dict) -> dict | None:
         line = dict(id=job["id"], audio=str(path), text=normalize_text(job["raw_text"]), raw_text=job["raw_text"],
                     duration=round(info.frames / info.samplerate, 3), voice=job["voice"], aug=tag)
         if job["split"] == "real":
-            line.update(label_source="pseudo:whisper-base", avg_logprob=job["avg_logprob"])
+            line.update(label_source="pseudo:whisper-base", avg_logprob=job["avg_logprob"],
+                        label_settings=job["label_settings"])
         return dict(line, _split=job["split"])
     except Exception as e:  # one bad utterance must not stop a 10 000-utterance run
         print(f"[make_data] FAILED {job['id']}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
