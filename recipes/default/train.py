@@ -153,6 +153,8 @@ def main() -> None:
         log(f"alignment report: {report}")
 
     timed("align", align)
+    if not stages & {"reallm", "export"}:
+        return
     by_id = {r["id"]: r["chunks"] for r in map(json.loads, align_path.read_text().splitlines())}
     alignments = {i: by_id[u.id] for i, u in enumerate(train_store.items) if u.id in by_id}
     aligned = sorted(alignments)
