@@ -56,6 +56,7 @@ def save_model(path: str | Path, model: ReaLLM, tokenizer: Tokenizer, dtype: tor
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; a model file is for everyone to read
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
