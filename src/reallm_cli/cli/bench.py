@@ -21,6 +21,7 @@ def bench_command(
     threads: Annotated[int, typer.Option("--threads", help="Torch CPU threads.", min=1, max=256)] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     reference: Annotated[Optional[str], typer.Option("--reference", help="Reference transcript of --file, for WER.", show_default=False)] = None,
+    max_pieces: Annotated[Optional[int], typer.Option("--max-pieces", help="Cap on word pieces decoded per chunk (default: the model's). A random preset never says BLANK, so it always decodes this many: a worst case.", min=1, max=64, show_default=False)] = None,
 ) -> None:
     """Measure the real-time factor and per-chunk compute latency (p50/p95/p99) of streaming."""
     import torch
@@ -50,6 +51,10 @@ def bench_command(
         if recognizer.model.chunk_ms != chunk_ms:
             raise ReallmError(f"model {name} was trained for {recognizer.model.chunk_ms} ms chunks, not {chunk_ms}; "
                               "use --preset to measure other chunk lengths")
+    if max_pieces is not None:
+        from dataclasses import replace
+
+        recognizer.options = replace(recognizer.options, max_tokens_per_chunk=max_pieces)
     load_s = time.perf_counter() - t0
     if file:
         from reallm_cli.audio.source import open_audio
