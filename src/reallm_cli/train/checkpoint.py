@@ -124,17 +124,23 @@ def save_checkpoint(
         "tokenizer": bytes(tokenizer_bytes) if tokenizer_bytes is not None else None,
         "extra": dict(extra or {}),
     }
+    atomic_torch_save(path, payload)
+    return path
+
+
+def atomic_torch_save(path: Path, obj: object) -> None:
+    """Temp file in the same folder, fsync, rename: a kill mid-save keeps the old file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(payload, f)
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return path
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> TrainCheckpoint:

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as torch_dist
 import torch.nn as nn
 
-from reallm_cli.train.checkpoint import CheckpointError, CheckpointTimer, unwrap_model
+from reallm_cli.train.checkpoint import CheckpointError, CheckpointTimer, atomic_torch_save, unwrap_model
 from reallm_cli.train.distributed import DistInfo, all_reduce_mean
 from reallm_cli.train.schedule import (
     OptimConfig,
@@ -71,18 +71,7 @@ def step_seed(seed: int, step: int, rank: int = 0) -> int:
 
 
 def _save(path: Path, state: dict) -> None:
-    """Atomic write: temp file in the same folder, fsync, rename (a kill mid-save keeps the old file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_torch_save(path, state)
 
 
 def load_loop_checkpoint(path: str | Path) -> dict:
