@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from reallm_cli.weights import sha256_file
 
 
 class PseudoLabelError(Exception):
@@ -45,14 +46,6 @@ class LabelSettings:
 
 
 RAW_LABELS_NAME = "labels_raw.jsonl"  # one line per file, appended as it goes (resumable)
-
-
-def sha256_of(path: Path, block_bytes: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block_bytes):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_model_dir(model_dir: Path) -> None:
@@ -103,7 +96,7 @@ def label_directory(
     settings = dataclasses.replace(
         settings,
         faster_whisper_version=faster_whisper.__version__,
-        model_bin_sha256=sha256_of(model_dir / "model.bin"),
+        model_bin_sha256=sha256_file(model_dir / "model.bin"),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     raw_path = out_dir / RAW_LABELS_NAME
