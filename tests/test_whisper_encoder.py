@@ -199,6 +199,27 @@ def test_forward_hidden_matches_forward():
         model.forward_hidden(mel, torch.tensor([600]), upto=9)
 
 
+@pytest.mark.parametrize("start", [0, 1, 3])
+def test_forward_top_on_cached_hidden_equals_forward_in_a_padded_batch(start):
+    model = small(seed=start, lookahead_ms=240)
+    mel = torch.randn(2, 300, 80)
+    lengths = torch.tensor([300, 173])
+    with torch.no_grad():
+        y, out_len = model(mel, lengths)
+        hidden, _ = model.forward_hidden(mel, lengths, upto=start)
+        top = model.forward_top(hidden[start], out_len, start)
+    assert (top - y).abs().max().item() < 1e-5
+    assert top[1, out_len[1]:].abs().max().item() == 0  # padding stays zero
+
+
+def test_forward_top_refuses_more_than_one_window_and_bad_start():
+    model = small(window_ms=1920, overlap_ms=480)
+    with pytest.raises(EncoderInputError, match="one window"):
+        model.forward_top(torch.zeros(1, 97, 32), torch.tensor([97]), 1)
+    with pytest.raises(EncoderInputError, match="start"):
+        model.forward_top(torch.zeros(1, 10, 32), torch.tensor([10]), 4)
+
+
 def test_protocol_attributes():
     model = small(chunk_ms=480, lookahead_ms=480)
     assert isinstance(model, StreamingEncoder)

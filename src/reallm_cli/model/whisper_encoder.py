@@ -287,23 +287,48 @@ class WhisperStreamingEncoder(nn.Module):
         Returns [final frames] if ``upto`` is None, else the inputs of blocks 0 .. upto (upto + 1 tensors:
         conv frames + positions, then each block's output), running only the blocks needed.
         """
-        b, t, _ = x.shape
+        t = x.shape[1]
         x = x + self.positional_embedding[:t].to(x.dtype)
+        masks = self._window_masks(t, valid, full_attention, x.device)
+        hidden = [x]
+        for layer, block in enumerate(self.blocks[: self.config.n_layers if upto is None else upto]):
+            x = block(x, masks[self._layer_lookahead(layer)])
+            hidden.append(x)
+        return [self.ln_post(x)] if upto is None else hidden
+
+    def _window_masks(self, t: int, valid: torch.Tensor | None, full_attention: bool,
+                      device: torch.device) -> dict[int, torch.Tensor | None]:
+        """Attention masks of one window of ``t`` frames, by look-ahead (0 or 1 chunk); ``valid`` = lengths."""
         cfg = self.config
         masks = {}
         for la in (0, 1):
-            m = None if full_attention else chunk_mask(0, t, t, cfg.frames_per_chunk, la, x.device)
+            m = None if full_attention else chunk_mask(0, t, t, cfg.frames_per_chunk, la, device)
             if valid is not None:
-                key_ok = torch.arange(t, device=x.device)[None, :] < valid[:, None]  # (B, T)
+                key_ok = torch.arange(t, device=device)[None, :] < valid[:, None]  # (B, T)
                 m2 = key_ok[:, None, :] if m is None else (m[None] & key_ok[:, None, :])  # (B, T|1, T)
                 # Padding queries see everything, so no row is all -inf (their outputs are discarded).
                 m = (m2 | ~key_ok[:, :, None])[:, None]  # (B, 1, T, T)
             masks[la] = m
-        hidden = [x]
-        for layer, block in enumerate(self.blocks[: cfg.n_layers if upto is None else upto]):
-            x = block(x, masks[self._layer_lookahead(layer)])
-            hidden.append(x)
-        return [self.ln_post(x)] if upto is None else hidden
+        return masks
+
+    def forward_top(self, hidden: torch.Tensor, lengths: torch.Tensor, start: int) -> torch.Tensor:
+        """Blocks ``start`` .. end and ``ln_post`` on ``hidden`` (B, T, D), the input of block ``start``
+        (``forward_hidden(...)[0][start]``) -> final frames (B, T, D), padding zeroed.
+
+        Covers one window (T <= ``window_ms``): there it equals ``forward``. Used to train or re-run the top
+        blocks on cached hidden states (encoder adaptation) without re-running the lower ones.
+        """
+        b, t, _ = hidden.shape
+        if not 0 <= start <= self.config.n_layers:
+            raise EncoderInputError(f"start must be in 0..{self.config.n_layers}, got {start}")
+        if t > self.config.window_frames:
+            raise EncoderInputError(f"forward_top covers one window ({self.config.window_frames} frames), got {t}")
+        valid = None if bool((lengths == t).all()) else lengths.to(hidden.device)
+        masks = self._window_masks(t, valid, False, hidden.device)
+        x = hidden
+        for layer in range(start, self.config.n_layers):
+            x = self.blocks[layer](x, masks[self._layer_lookahead(layer)])
+        return self._zero_padding(self.ln_post(x), lengths.to(hidden.device))
 
     # ---- parallel
 

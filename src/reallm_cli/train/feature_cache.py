@@ -48,12 +48,18 @@ def build_cache(
     complete_only: bool = False,
     worker: int = 0,
     n_workers: int = 1,
+    encode: Callable[[np.ndarray], torch.Tensor] | None = None,
 ) -> None:
     """Encode every manifest entry (dicts with id, audio, text, duration) into shards under ``out_dir``.
 
     ``complete_only`` skips a final short shard (for a manifest that is still growing); ``worker`` of
-    ``n_workers`` processes take every n-th shard, so several processes can share the work.
+    ``n_workers`` processes take every n-th shard, so several processes can share the work. ``encode``
+    (16 kHz audio -> (T, C) frames) replaces the default whole-utterance streaming pass of ``encoder``.
     """
+    if encode is None:
+        def encode(audio: np.ndarray) -> torch.Tensor:
+            return encode_audio(encoder, audio)
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n_shards = (len(entries) // shard_size) if complete_only else (len(entries) + shard_size - 1) // shard_size
@@ -66,7 +72,7 @@ def build_cache(
         rows, arrays, offset = [], [], 0
         for e in entries[s * shard_size : (s + 1) * shard_size]:
             audio = load_audio(e["audio"])
-            frames = encode_audio(encoder, audio).to(torch.float16).numpy()
+            frames = encode(audio).to(torch.float16).numpy()
             arrays.append(frames)
             rows.append({"id": e["id"], "text": e["text"], "duration": len(audio) / 16000,
                          "offset": offset, "n_frames": int(frames.shape[0])})

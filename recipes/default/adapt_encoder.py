@@ -1,0 +1,134 @@
+"""Adapt the top blocks of the chunk-causal Whisper encoder to its mask (distillation, no transcripts).
+
+Stages (each resumable; finished shards and checkpoints are kept):
+  cache     per utterance: the causal input of block --start, and (for the distillation subset: every real
+            recording plus a share of the synthetic ones) the full-attention encoder's output
+  train     blocks --start .. 5 + ln_post, chunk-causal, trained to reproduce the full-attention output
+  features  final features of every utterance through the adapted blocks (for train.py's later stages)
+  export    the adapted encoder as a safetensors file (load_whisper_encoder reads it)
+
+    python recipes/default/adapt_encoder.py --stages cache --worker 0 --workers 2 &
+    python recipes/default/adapt_encoder.py --stages cache --worker 1 --workers 2 &
+    python recipes/default/adapt_encoder.py --stages train,features,export
+then train.py --work WORK --encoder WORK/encoder.safetensors --stages tokenizer,teacher,align,reallm,export
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from reallm_cli.audio.source import load_audio
+from reallm_cli.model.whisper_encoder import load_whisper_encoder, save_whisper_encoder
+from reallm_cli.train.batching import DurationBatchSampler
+from reallm_cli.train.encoder_adapt import (distill_loss, encode_full_attention, encode_hidden, make_distill_batch,
+                                            relative_error, rerun_top)
+from reallm_cli.train.feature_cache import FeatureStore, build_cache
+from reallm_cli.train.loop import LoopConfig, run_loop
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def distill_subset(entries: list[dict], hours: float) -> list[dict]:
+    """Every real recording, then every n-th synthetic one until ``hours`` (deterministic)."""
+    real = [e for e in entries if e["id"].startswith("real_")]
+    synth = [e for e in entries if not e["id"].startswith("real_")]
+    left = hours * 3600 - sum(e["duration"] for e in real)
+    total = sum(e["duration"] for e in synth)
+    step = max(1, round(total / left)) if left > 0 else len(synth) + 1
+    return real + synth[::step]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--manifest", type=Path, default=Path("/work/data/train.jsonl"))
+    ap.add_argument("--work", type=Path, default=Path("/work/runs/adapt"))
+    ap.add_argument("--encoder", type=Path, default=Path("/work/cache/whisper-base-encoder.safetensors"))
+    ap.add_argument("--chunk-ms", type=int, default=240)
+    ap.add_argument("--lookahead-ms", type=int, default=240)
+    ap.add_argument("--start", type=int, default=3, help="first adapted block (0-based)")
+    ap.add_argument("--train-start", type=int, default=None, help="first block to train (default --start)")
+    ap.add_argument("--distill-hours", type=float, default=3.5)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--max-frames", type=int, default=3000)
+    ap.add_argument("--dev", type=Path, default=Path("/work/shared/data/dev-real/manifest.jsonl"))
+    ap.add_argument("--stages", default="train,features,export")
+    ap.add_argument("--worker", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    stages = set(args.stages.split(","))
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    enc = load_whisper_encoder(args.encoder, chunk_ms=args.chunk_ms, lookahead_ms=args.lookahead_ms)
+    entries = read_jsonl(args.manifest)
+    subset = distill_subset(entries, args.distill_hours)
+    hid_dir, tgt_dir = work / f"hidden{args.start}", work / "full_attention"
+    feat_dir = work / "feats" / f"c{args.chunk_ms}_la{args.lookahead_ms}" / "train"
+
+    if "cache" in stages:
+        log(f"distillation subset: {len(subset)} utterances, {sum(e['duration'] for e in subset) / 3600:.2f} h")
+        build_cache(entries, enc, hid_dir, log=log, worker=args.worker, n_workers=args.workers,
+                    encode=lambda a: encode_hidden(enc, a, args.start))
+        build_cache(subset, enc, tgt_dir, log=log, worker=args.worker, n_workers=args.workers,
+                    encode=lambda a: encode_full_attention(enc, a))
+
+    train_start = args.start if args.train_start is None else args.train_start
+    trainable = [enc.blocks[i] for i in range(train_start, enc.config.n_layers)] + [enc.ln_post]
+    ckpt = work / "adapt.pt"
+    dev = [e for e in read_jsonl(args.dev) if not e["id"].startswith("fsdd")] if args.dev.exists() else []
+
+    def dev_error() -> float:
+        enc.eval()
+        errs = [relative_error(enc, load_audio(args.dev.parent / e["audio"])) for e in dev]
+        return sum(errs) / max(1, len(errs))
+
+    if "train" in stages:
+        hid, tgt = FeatureStore([hid_dir]), FeatureStore([tgt_dir])
+        by_id = {u.id: i for i, u in enumerate(hid.items)}
+        pairs = [(by_id[u.id], j) for j, u in enumerate(tgt.items) if u.id in by_id]
+        log(f"{len(pairs)} distillation pairs, {sum(tgt.items[j].duration for _, j in pairs) / 3600:.2f} h")
+        log(f"dev-real (not fsdd) relative error before: {dev_error():.4f}")
+        enc.requires_grad_(False)
+        for m in trainable:
+            m.requires_grad_(True)
+        enc.train()
+        sampler = DurationBatchSampler([tgt.items[j].duration for _, j in pairs], args.max_frames * 0.02, seed=3)
+        run_loop(enc, lambda batch, gen: distill_loss(enc, args.start, batch),
+                 lambda epoch: [[pairs[k] for k in b] for b in sampler.batches(epoch)],
+                 lambda p: make_distill_batch(hid, tgt, p),
+                 LoopConfig(total_steps=args.steps, lr=args.lr, warmup_steps=min(100, args.steps // 5),
+                            weight_decay=0.0, log_every=20, checkpoint_minutes=3.0), ckpt, log,
+                 description="encoder adaptation")
+
+    if stages & {"features", "export"}:
+        if ckpt.exists():
+            enc.load_state_dict(torch.load(ckpt, weights_only=False)["model"])
+        enc.eval().requires_grad_(False)
+        log(f"dev-real (not fsdd) relative error after: {dev_error():.4f}")
+    if "features" in stages:
+        n = rerun_top(enc, args.start, hid_dir, feat_dir)
+        log(f"features of {n} utterances in {feat_dir}")
+    if "export" in stages:
+        out = work / "encoder.safetensors"
+        save_whisper_encoder(out, enc.config, enc.state_dict(),
+                             extra={"adapted_blocks": f"{train_start}..{enc.config.n_layers - 1}",
+                                    "distill_hours": args.distill_hours, "steps": args.steps,
+                                    "lookahead_ms": args.lookahead_ms})
+        log(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
