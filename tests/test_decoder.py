@@ -104,3 +104,21 @@ def test_bad_shapes_raise():
         dec.step(torch.randn(2, 1, 32), dec.init_cache(1))
     with pytest.raises(ValueError):
         DecoderConfig(n_heads=8, n_kv_heads=3)
+
+
+def test_dropout_acts_in_training_only():
+    import dataclasses
+
+    plain = tiny_decoder()
+    dropped = tiny_decoder(dataclasses.replace(TINY, dropout=0.3))
+    dropped.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 9, TINY.d_model)
+    with torch.no_grad():
+        dropped.train()
+        a, b = dropped(x), dropped(x)
+        dropped.eval()
+        assert not torch.allclose(a, b)  # random masks differ between calls
+        assert torch.equal(dropped(x), plain.eval()(x))  # eval: as if there were no dropout
+        assert torch.allclose(run_blocks(dropped, x, [4, 5]), plain(x), atol=1e-5)  # streaming unaffected
+    with pytest.raises(ValueError, match="dropout"):
+        DecoderConfig(dropout=1.0)

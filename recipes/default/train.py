@@ -59,6 +59,8 @@ def main() -> None:
     ap.add_argument("--max-frames", type=int, default=6000, help="frames per batch (20 ms each)")
     ap.add_argument("--d-model", type=int, default=384)
     ap.add_argument("--layers", type=int, default=3)
+    ap.add_argument("--dropout", type=float, default=0.1, help="decoder dropout (training only)")
+    ap.add_argument("--feat-dropout", type=float, default=0.1, help="dropout on the cached encoder frames")
     ap.add_argument("--stages", default="features,tokenizer,teacher,align,reallm,export")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -162,7 +164,8 @@ def main() -> None:
 
     dec_cfg = DecoderConfig(vocab_size=tok.vocab_size, d_model=args.d_model, n_layers=args.layers,
                             n_heads=args.d_model // 64, n_kv_heads=args.d_model // 64,
-                            ffn_hidden=int(args.d_model * 8 / 3) // 64 * 64, window=512)
+                            ffn_hidden=int(args.d_model * 8 / 3) // 64 * 64, window=512,
+                            dropout=args.dropout)
     config = ReaLLMConfig(encoder_kind="whisper", encoder=asdict(encoder.config), decoder=dec_cfg)
     model = ReaLLM(config, encoder)
     for p in model.encoder.parameters():
@@ -172,6 +175,7 @@ def main() -> None:
     def reallm():
         def loss_fn(batch, gen):
             frames = time_mask(batch.frames, batch.frame_lengths, gen)
+            frames = torch.nn.functional.dropout(frames, args.feat_dropout)
             loss, stats = reallm_loss(model, frames, batch.frame_lengths, batch.tokens,
                                       [chunk_lists[i] for i in batch.indices], blank)
             stats["audio_s"] = float(batch.frame_lengths.sum()) * 0.02

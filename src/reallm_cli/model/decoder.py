@@ -31,6 +31,7 @@ class DecoderConfig:
     window: int = 512  # sliding attention window, in positions (speech slots + word pieces)
     norm_eps: float = 1e-5
     tie_embeddings: bool = True  # output head shares the token embedding matrix
+    dropout: float = 0.0  # on the inputs and each residual branch, in training only
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -41,6 +42,8 @@ class DecoderConfig:
             raise ValueError("head dimension must be even for RoPE")
         if self.window < 1:
             raise ValueError(f"window must be >= 1, got {self.window}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def head_dim(self) -> int:
@@ -195,6 +198,8 @@ class LlamaDecoder(nn.Module):
 
     def _run(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache | None):
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
+        p = self.cfg.dropout if self.training else 0.0
+        x = F.dropout(x, p)
         for i, layer in enumerate(self.layers):
             q, k, v = layer.attn.project(layer.attn_norm(x), cos, sin)
             if cache is not None:
@@ -203,8 +208,8 @@ class LlamaDecoder(nn.Module):
                 self._write_ring(cache, i, positions, k, v)
             else:
                 keys, values = k, v
-            x = x + layer.attn.attend(q, keys, values, mask)
-            x = x + layer.ffn(layer.ffn_norm(x))
+            x = x + F.dropout(layer.attn.attend(q, keys, values, mask), p)
+            x = x + F.dropout(layer.ffn(layer.ffn_norm(x)), p)
         return self.output(self.norm(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
