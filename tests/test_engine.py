@@ -80,3 +80,32 @@ def test_words_have_ordered_times(recognizer):
     for w in words:
         assert 0 <= w.start_s < w.end_s <= w.emit_s
     assert [w.start_s for w in words] == sorted(w.start_s for w in words)
+
+
+def test_lead_in_decodes_silence_first_and_keeps_times_on_the_audio(recognizer):
+    lead = 2
+    rec = Recognizer(recognizer.model, recognizer.tokenizer, DecodeOptions(max_tokens_per_chunk=3, lead_in_chunks=lead))
+    audio = synthetic_audio(3.0, seed=5)
+    chunk = int(recognizer.model.chunk_ms * 16)  # samples
+    padded = np.concatenate([np.zeros(lead * chunk, np.float32), audio])
+    expected = [(t, c - lead) for t, c in offline_greedy(rec.model, rec.tokenizer, padded, 3) if c >= lead]
+    assert expected, "the model emitted nothing; the test would prove nothing"
+    words, tokens = run(rec, audio, [2400] * 30)
+    assert [x for x in tokens if x[1] >= 0] == expected
+    words2, tokens2 = run(rec, audio, [len(audio)])
+    assert (words2, tokens2) == (words, tokens)  # block sizes still change nothing
+    assert all(0 <= w.start_s < w.end_s <= w.emit_s for w in words)
+    assert max(w.end_s for w in words) <= len(audio) / 16000 + recognizer.model.chunk_ms / 1000
+
+
+def test_recognizer_takes_the_lead_in_from_the_model_config(recognizer):
+    import dataclasses
+
+    model = recognizer.model
+    saved = model.config
+    try:
+        model.config = dataclasses.replace(saved, lead_in_ms=2 * model.chunk_ms)
+        assert Recognizer(model, recognizer.tokenizer).options.lead_in_chunks == 2
+    finally:
+        model.config = saved
+    assert Recognizer(model, recognizer.tokenizer).options.lead_in_chunks == 0

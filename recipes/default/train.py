@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--d-model", type=int, default=384)
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--dropout", type=float, default=0.1, help="decoder dropout (training only)")
+    ap.add_argument("--lead-in-ms", type=int, default=480, help="silence the engine decodes before each stream")
     ap.add_argument("--feat-dropout", type=float, default=0.1, help="dropout on the cached encoder frames")
     ap.add_argument("--stages", default="features,tokenizer,teacher,align,reallm,export")
     ap.add_argument("--threads", type=int, default=2)
@@ -166,7 +167,8 @@ def main() -> None:
                             n_heads=args.d_model // 64, n_kv_heads=args.d_model // 64,
                             ffn_hidden=int(args.d_model * 8 / 3) // 64 * 64, window=512,
                             dropout=args.dropout)
-    config = ReaLLMConfig(encoder_kind="whisper", encoder=asdict(encoder.config), decoder=dec_cfg)
+    config = ReaLLMConfig(encoder_kind="whisper", encoder=asdict(encoder.config), decoder=dec_cfg,
+                          lead_in_ms=args.lead_in_ms)
     model = ReaLLM(config, encoder)
     for p in model.encoder.parameters():
         p.requires_grad_(False)

@@ -24,6 +24,7 @@ from reallm_cli.tokenizer import Tokenizer
 class DecodeOptions:
     max_tokens_per_chunk: int = 10  # a decoder that loops is cut off after this many pieces per chunk
     finalize_after_chunks: int = 2  # a word with no continuation for this many chunks becomes final
+    lead_in_chunks: int = 0  # chunks of silence decoded before the stream's audio (times exclude them)
 
 
 @dataclass
@@ -57,6 +58,20 @@ class Session:
         self.tokens: list[tuple[int, int]] = []  # (token id, chunk index) for every piece emitted
         self.chunk_compute_s: list[float] = []  # wall time of each chunk's decode (encoder time excluded)
         self._closed = False
+        self._lead = self._opts.lead_in_chunks
+        if self._lead:
+            self._lead_in()
+
+    def _lead_in(self) -> None:
+        """Decode ``lead_in_chunks`` of digital silence; whatever the decoder says there is dropped."""
+        t0 = time.perf_counter()
+        silence = np.zeros(round(self._lead * self._chunk_s * SAMPLE_RATE), np.float32)
+        with torch.inference_mode():
+            frames, self._enc_state = self._model.encoder.step(self._mel.push(silence)[None], self._enc_state)
+            self._consume(frames, last=False)
+        self._word = None
+        self.tokens.clear()
+        self.compute_s += time.perf_counter() - t0
 
     @property
     def audio_s(self) -> float:
@@ -138,7 +153,7 @@ class Session:
             if token == blank or emitted >= self._opts.max_tokens_per_chunk:
                 break
             emitted += 1
-            self.tokens.append((token, c))
+            self.tokens.append((token, c - self._lead))
             if self._tok.starts_word(token) or self._word is None:
                 if self._word is not None:
                     words.append(self._finish_word(self._word))
@@ -157,10 +172,11 @@ class Session:
     def _finish_word(self, w: _PendingWord) -> Word:
         # The word's whole text is on screen (as partial) once the chunk of its last piece is decoded,
         # which needs audio up to that chunk's end plus the encoder's look-ahead.
-        end_s = (w.last_chunk + 1) * self._chunk_s
+        # (a word in the lead-in's last chunk, heard through the look-ahead, starts at 0)
+        end_s = max(w.last_chunk + 1 - self._lead, 1) * self._chunk_s
         return Word(
             text=self._tok.decode(w.pieces).strip(),
-            start_s=round(w.first_chunk * self._chunk_s, 3),
+            start_s=round(max(w.first_chunk - self._lead, 0) * self._chunk_s, 3),
             end_s=round(end_s, 3),
             emit_s=round(end_s + self._delay_s, 3),
         )
@@ -174,7 +190,9 @@ class Recognizer:
     def __init__(self, model, tokenizer: Tokenizer, options: DecodeOptions | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.options = options or DecodeOptions(max_tokens_per_chunk=model.config.max_tokens_per_chunk)
+        cfg = model.config
+        self.options = options or DecodeOptions(max_tokens_per_chunk=cfg.max_tokens_per_chunk,
+                                                lead_in_chunks=cfg.lead_in_ms // model.chunk_ms)
 
     @classmethod
     def load(cls, model: str | Path | None = None, **option_overrides) -> "Recognizer":

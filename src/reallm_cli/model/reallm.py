@@ -23,6 +23,9 @@ class ReaLLMConfig:
     encoder: dict  # the encoder's own frozen config, as a dict (rebuilt by model.registry)
     decoder: DecoderConfig
     max_tokens_per_chunk: int = 10  # stops a looping decoder; no chunk of 240 ms holds more pieces
+    # Silence the engine feeds before each stream's audio (a multiple of the chunk): a model whose training
+    # utterances all began with a pause misses a word spoken in the very first chunk without it.
+    lead_in_ms: int = 0
 
     def to_dict(self) -> dict:
         return {
@@ -30,6 +33,7 @@ class ReaLLMConfig:
             "encoder": dict(self.encoder),
             "decoder": asdict(self.decoder),
             "max_tokens_per_chunk": self.max_tokens_per_chunk,
+            "lead_in_ms": self.lead_in_ms,
         }
 
     @classmethod
@@ -39,6 +43,7 @@ class ReaLLMConfig:
             encoder=dict(d["encoder"]),
             decoder=DecoderConfig(**d["decoder"]),
             max_tokens_per_chunk=int(d.get("max_tokens_per_chunk", 10)),
+            lead_in_ms=int(d.get("lead_in_ms", 0)),
         )
 
 
