@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Look-ahead comparison: the default recipe (frozen encoder) at 0, 240 and 480 ms look-ahead, each on the same
 # ~1.1 h subset (real pseudo-labelled + synthetic) with the same small budget, evaluated the same way.
-#   bash recipes/default/lookahead_sweep.sh [DATA] [WORK]    (runs the three settings two at a time)
+#   bash recipes/default/lookahead_sweep.sh [DATA] [WORK]    (the three settings side by side, one thread each)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${1:-/work/data}
@@ -26,6 +26,5 @@ run() {
         --alignments /work/runs/baseline_devreal/ref_word_times.jsonl --json "$WORK/la$la.eval.json" \
         > "$WORK/la$la.eval.txt" 2>&1
 }
-run 0 & run 480 & wait
-run 240
+run 0 & run 240 & run 480 & wait
 grep -H "all\|delay" "$WORK"/la*.eval.txt

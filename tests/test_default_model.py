@@ -1,0 +1,81 @@
+"""The shipped default model (weights/): intact, configured as its card says, and recognising real speech.
+
+The quality bar here guards against shipping a broken or untrained model (which scores ~100 % WER); the
+figures themselves come from `reallm eval` and are in weights/README.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import jiwer
+import pytest
+
+from conftest import REPO
+from reallm_cli.text import normalize_text
+
+WEIGHTS = REPO / "weights" / "reallm-default.safetensors"
+
+
+def test_file_matches_its_sha256_and_is_fp16():
+    from safetensors import safe_open
+
+    recorded = (WEIGHTS.parent / (WEIGHTS.name + ".sha256")).read_text().split()[0]
+    assert hashlib.sha256(WEIGHTS.read_bytes()).hexdigest() == recorded
+    with safe_open(str(WEIGHTS), framework="pt") as f:
+        dtypes = {str(f.get_slice(k).get_dtype()) for k in f.keys()}
+    assert dtypes == {"F16"}
+
+
+def test_config_is_the_streaming_whisper_setup_of_the_card():
+    from reallm_cli.engine import Recognizer
+
+    rec = Recognizer.load(None)
+    cfg = rec.model.config
+    assert cfg.encoder_kind == "whisper"
+    assert (cfg.encoder["chunk_ms"], cfg.encoder["lookahead_ms"]) == (240, 240)
+    assert rec.options.lead_in_chunks == 2
+    assert rec.tokenizer.vocab_size == cfg.decoder.vocab_size == 512
+
+
+def transcribe(*paths) -> list[str]:
+    out = subprocess.run([sys.executable, "-m", "reallm_cli", "transcribe", *map(str, paths), "--format", "jsonl"],
+                         capture_output=True, text=True, timeout=600, check=True).stdout
+    texts, words = [], []
+    for line in out.splitlines():
+        ev = json.loads(line)
+        if ev["type"] == "segment":
+            words.append(ev["text"])
+        elif ev["type"] == "end":
+            texts.append(" ".join(words))
+            words = []
+    return texts
+
+
+@pytest.fixture(scope="module")
+def real_speech():
+    from conftest import DATA
+
+    if not (DATA / "dev-real").exists():
+        pytest.skip(f"shared speech data not found at {DATA}")
+    rows = [json.loads(x) for x in (DATA / "dev-real" / "manifest.jsonl").read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if not r["id"].startswith("fsdd")]  # jfk + the five librivox utterances
+    hyps = transcribe(*(DATA / "dev-real" / r["audio"] for r in rows))
+    return {r["id"]: (normalize_text(r["text"]), normalize_text(h)) for r, h in zip(rows, hyps)}
+
+
+def test_recognises_real_speech_with_no_model_option(real_speech):
+    refs, hyps = zip(*real_speech.values())
+    wer = jiwer.wer(list(refs), [h or "-" for h in hyps])
+    # measured when shipped: 0.48-0.55 depending on the lead-in; an untrained decoder gives ~1.0
+    assert wer < 0.65, (wer, hyps)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 5 goal not reached yet: jfk has ~10 word errors (see weights/README.md)")
+def test_jfk_within_two_word_errors(real_speech):
+    ref, hyp = real_speech["jfk"]
+    errors = jiwer.process_words(ref, hyp or "-")
+    assert errors.substitutions + errors.deletions + errors.insertions <= 2
