@@ -16,8 +16,6 @@ then train.py --work WORK --encoder WORK/encoder.safetensors --stages tokenizer,
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 
 import torch
@@ -30,13 +28,7 @@ from reallm_cli.train.encoder_adapt import (distill_loss, encode_full_attention,
 from reallm_cli.train.feature_cache import FeatureStore, build_cache
 from reallm_cli.train.loop import LoopConfig, run_loop
 
-
-def log(msg: str) -> None:
-    print(time.strftime("%H:%M:%S"), msg, flush=True)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from common import log, read_jsonl, start_run  # recipes/default/common.py
 
 
 def distill_subset(entries: list[dict], hours: float) -> list[dict]:
@@ -68,10 +60,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    stages = set(args.stages.split(","))
-    work = args.work
-    work.mkdir(parents=True, exist_ok=True)
+    stages, work = start_run(args)
     enc = load_whisper_encoder(args.encoder, chunk_ms=args.chunk_ms, lookahead_ms=args.lookahead_ms)
     entries = read_jsonl(args.manifest)
     subset = distill_subset(entries, args.distill_hours)

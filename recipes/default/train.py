@@ -36,13 +36,7 @@ from reallm_cli.train.feature_cache import FeatureStore, build_cache
 from reallm_cli.train.loop import LoopConfig, run_loop
 from reallm_cli.train.reallm_loss import reallm_loss
 
-
-def log(msg: str) -> None:
-    print(time.strftime("%H:%M:%S"), msg, flush=True)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from common import log, read_jsonl, start_run  # recipes/default/common.py
 
 
 def main() -> None:
@@ -65,10 +59,7 @@ def main() -> None:
     ap.add_argument("--stages", default="features,tokenizer,teacher,align,reallm,export")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    stages = set(args.stages.split(","))
-    work = args.work
-    work.mkdir(parents=True, exist_ok=True)
+    stages, work = start_run(args)
     t_stage: dict[str, float] = json.loads((work / "times.json").read_text()) if (work / "times.json").exists() else {}
 
     def timed(name, fn):

@@ -198,8 +198,8 @@ class LlamaDecoder(nn.Module):
 
     def _run(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache | None):
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
-        p = self.cfg.dropout if self.training else 0.0
-        x = F.dropout(x, p)
+        p, train = self.cfg.dropout, self.training  # F.dropout is the identity when not training
+        x = F.dropout(x, p, train)
         for i, layer in enumerate(self.layers):
             q, k, v = layer.attn.project(layer.attn_norm(x), cos, sin)
             if cache is not None:
@@ -208,8 +208,8 @@ class LlamaDecoder(nn.Module):
                 self._write_ring(cache, i, positions, k, v)
             else:
                 keys, values = k, v
-            x = x + F.dropout(layer.attn.attend(q, keys, values, mask), p)
-            x = x + F.dropout(layer.ffn(layer.ffn_norm(x)), p)
+            x = x + F.dropout(layer.attn.attend(q, keys, values, mask), p, train)
+            x = x + F.dropout(layer.ffn(layer.ffn_norm(x)), p, train)
         return self.output(self.norm(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

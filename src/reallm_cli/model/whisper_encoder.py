@@ -318,7 +318,7 @@ class WhisperStreamingEncoder(nn.Module):
         Covers one window (T <= ``window_ms``): there it equals ``forward``. Used to train or re-run the top
         blocks on cached hidden states (encoder adaptation) without re-running the lower ones.
         """
-        b, t, _ = hidden.shape
+        t = hidden.shape[1]
         if not 0 <= start <= self.config.n_layers:
             raise EncoderInputError(f"start must be in 0..{self.config.n_layers}, got {start}")
         if t > self.config.window_frames:

@@ -15,18 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from reallm_cli.audio.features import whisper_log_mel
 from reallm_cli.model.whisper_encoder import WhisperStreamingEncoder
-from reallm_cli.train.feature_cache import FeatureStore
-
-
-def _mel(audio: np.ndarray) -> torch.Tensor:
-    return whisper_log_mel(audio, floor="running")[None]  # what the live stream feeds the encoder
+from reallm_cli.train.feature_cache import FeatureStore, atomic_save_npy, atomic_write_text, encode_audio, stream_mel
 
 
 def encode_hidden(encoder: WhisperStreamingEncoder, audio: np.ndarray, start: int) -> torch.Tensor:
     """Chunk-causal input of block ``start`` for one utterance: (T, D)."""
-    mel = _mel(audio)
+    mel = stream_mel(audio)
     with torch.inference_mode():
         hidden, _ = encoder.forward_hidden(mel, torch.tensor([mel.shape[1]]), upto=start)
     return hidden[start][0]
@@ -34,10 +29,7 @@ def encode_hidden(encoder: WhisperStreamingEncoder, audio: np.ndarray, start: in
 
 def encode_full_attention(encoder: WhisperStreamingEncoder, audio: np.ndarray) -> torch.Tensor:
     """The original (full-attention) encoder's output for one utterance of at most 30 s: (T, D)."""
-    mel = _mel(audio)
-    with torch.inference_mode():
-        out, _ = encoder.forward(mel, torch.tensor([mel.shape[1]]), full_attention=True)
-    return out[0]
+    return encode_audio(encoder, audio, full_attention=True)
 
 
 @dataclass
@@ -81,7 +73,7 @@ def distill_loss(encoder: WhisperStreamingEncoder, start: int, batch: DistillBat
 
 def relative_error(encoder: WhisperStreamingEncoder, audio: np.ndarray) -> float:
     """||streaming output - full-attention output||^2 / ||full-attention output||^2 on one utterance."""
-    mel = _mel(audio)
+    mel = stream_mel(audio)
     n = torch.tensor([mel.shape[1]])
     with torch.inference_mode():
         causal, _ = encoder.forward(mel, n)
@@ -94,7 +86,6 @@ def rerun_top(encoder: WhisperStreamingEncoder, start: int, hidden_dir, out_dir,
     (adapted) top blocks, into ``out_dir`` with the same shard layout; finished shards are skipped.
     Returns the number of utterances written."""
     import json
-    import os
     from pathlib import Path
 
     out = Path(out_dir)
@@ -129,10 +120,6 @@ def rerun_top(encoder: WhisperStreamingEncoder, start: int, hidden_dir, out_dir,
             group.append(r)
         if group:
             flush()
-        tmp = npy_out.with_suffix(".tmp.npy")
-        np.save(tmp, result)
-        os.replace(tmp, npy_out)
-        tmp_idx = idx_out.with_suffix(".jsonl.tmp")
-        tmp_idx.write_text(idx.read_text())
-        os.replace(tmp_idx, idx_out)
+        atomic_save_npy(npy_out, result)
+        atomic_write_text(idx_out, idx.read_text())
     return done

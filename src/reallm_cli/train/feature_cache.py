@@ -31,11 +31,17 @@ class CachedUtterance:
     n_frames: int
 
 
-def encode_audio(encoder, audio: np.ndarray) -> torch.Tensor:
-    """Whole-utterance parallel encoder pass on the streaming front end's features: (T_out, C)."""
-    mel = whisper_log_mel(audio, floor="running")  # (T, 80), what the live stream feeds the encoder
+def stream_mel(audio: np.ndarray) -> torch.Tensor:
+    """(1, T, 80) log-mel of one utterance, as the live stream feeds the encoder (running floor)."""
+    return whisper_log_mel(audio, floor="running")[None]
+
+
+def encode_audio(encoder, audio: np.ndarray, **forward_options) -> torch.Tensor:
+    """Whole-utterance parallel encoder pass on the streaming front end's features: (T_out, C).
+    ``forward_options`` go to ``encoder.forward`` (e.g. ``full_attention=True`` for a Whisper encoder)."""
+    mel = stream_mel(audio)
     with torch.inference_mode():
-        frames, _ = encoder.forward(mel[None], torch.tensor([mel.shape[0]]))
+        frames, _ = encoder.forward(mel, torch.tensor([mel.shape[1]]), **forward_options)
     return frames[0]
 
 
@@ -78,18 +84,22 @@ def build_cache(
                          "offset": offset, "n_frames": int(frames.shape[0])})
             offset += frames.shape[0]
             audio_done += len(audio) / 16000
-        _atomic_save_npy(npy, np.concatenate(arrays, 0))
-        tmp = idx.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, idx)
+        atomic_save_npy(npy, np.concatenate(arrays, 0))
+        atomic_write_text(idx, "".join(json.dumps(r) + "\n" for r in rows))
         el = time.perf_counter() - t_start
         log(f"shard {s + 1}/{n_shards}: {audio_done / 3600:.2f} h encoded in {el / 60:.1f} min "
             f"(RTF {el / max(audio_done, 1e-9):.4f})")
 
 
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
