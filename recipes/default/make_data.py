@@ -132,7 +132,7 @@ QUESTIONS = ["Do you know where the station is?", "Have you seen my keys?", "Is 
              "Why is the shop closed?", "How long does it take to get there?", "Who told you that?",
              "Which one do you prefer?", "When does the film start?", "Could you open the window please?",
              "Would you like a cup of tea?", "Did you hear the news this morning?", "Are you ready to order?"]
-SPEECH = ["We shall never surrender.", "Ask not what your country can do for you.",
+SPEECH = ["We shall never surrender.", "Let us work together for the good of all.",
           "The only thing we have to fear is fear itself.", "Four score and seven years ago.",
           "We hold these truths to be self evident.", "Let freedom ring from every hill and mountain.",
           "Today we begin a new chapter in the history of our nation.",

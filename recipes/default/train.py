@@ -3,6 +3,8 @@
 Stages (each skipped when its output exists, each resumable after a kill):
   features  encode every training/held-out utterance once with the frozen streaming encoder
   tokenizer SentencePiece on the training text, with BLANK reserved
+  lm        the decoder warm-started as a language model on text alone (train/text_lm.py): the training
+            transcripts, every LJ Speech sentence not held out, and the generated short texts
   teacher   CTC head on the cached frames (the alignment teacher)
   align     Viterbi forced alignment -> per-piece chunk indices
   reallm    projector + decoder trained with cross-entropy on the interleaved sequence
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from dataclasses import asdict
@@ -25,9 +28,10 @@ import torch
 
 from reallm_cli.align.ctc import AlignmentError, ctc_forced_align
 from reallm_cli.model.checkpoint import save_model
-from reallm_cli.model.decoder import DecoderConfig
+from reallm_cli.model.decoder import DecoderConfig, LlamaDecoder
 from reallm_cli.model.reallm import ReaLLM, ReaLLMConfig
 from reallm_cli.model.whisper_encoder import load_whisper_encoder
+from reallm_cli.text import normalize_text
 from reallm_cli.tokenizer import Tokenizer, train_tokenizer
 from reallm_cli.train.batching import DurationBatchSampler
 from reallm_cli.train.cached_data import make_batch, time_mask
@@ -35,8 +39,24 @@ from reallm_cli.train.ctc_head import CTCHead, ctc_loss
 from reallm_cli.train.feature_cache import FeatureStore, build_cache
 from reallm_cli.train.loop import LoopConfig, run_loop
 from reallm_cli.train.reallm_loss import reallm_loss
+from reallm_cli.train.text_lm import text_batches, text_lm_loss
 
 from common import log, read_jsonl, start_run  # recipes/default/common.py
+from make_data import PLAN_SEED, read_lj, short_texts, split_lj  # recipes/default/make_data.py
+
+
+def lm_texts(data: Path) -> list[str]:
+    """The decoder's text corpus, normalised and de-duplicated: training transcripts (synthetic and
+    pseudo-labelled real), every LJ Speech sentence not held out, and 20000 generated short texts.
+    Sentences of the held-out manifests are removed, whatever their source."""
+    held = {e["text"] for f in ("heldout_voice.jsonl", "heldout_text.jsonl") if (data / f).exists()
+            for e in read_jsonl(data / f)}
+    lj_train, lj_held = split_lj(read_lj())
+    held |= {normalize_text(t) for _, t in lj_held}
+    texts = [e["text"] for e in read_jsonl(data / "train.jsonl")]
+    texts += [normalize_text(t) for _, t in lj_train]
+    texts += [normalize_text(t) for _, t in short_texts(20000, random.Random(PLAN_SEED + 1))]
+    return sorted({t for t in texts if t and t not in held})
 
 
 def main() -> None:
@@ -56,7 +76,9 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=0.1, help="decoder dropout (training only)")
     ap.add_argument("--lead-in-ms", type=int, default=480, help="silence the engine decodes before each stream")
     ap.add_argument("--feat-dropout", type=float, default=0.1, help="dropout on the cached encoder frames")
-    ap.add_argument("--stages", default="features,tokenizer,teacher,align,reallm,export")
+    ap.add_argument("--lm-steps", type=int, default=3000, help="text-only decoder warm-up steps (0: none)")
+    ap.add_argument("--lm-max-pieces", type=int, default=8192, help="padded word pieces per text batch")
+    ap.add_argument("--stages", default="features,tokenizer,lm,teacher,align,reallm,export")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     stages, work = start_run(args)
@@ -104,6 +126,32 @@ def main() -> None:
     keep = [i for i, u in enumerate(train_store.items) if 0 < len(token_lists[i]) <= u.n_frames // 2]
     log(f"{len(keep)}/{len(train_store)} utterances usable (vocab {tok.vocab_size})")
 
+    dec_cfg = DecoderConfig(vocab_size=tok.vocab_size, d_model=args.d_model, n_layers=args.layers,
+                            n_heads=args.d_model // 64, n_kv_heads=args.d_model // 64,
+                            ffn_hidden=int(args.d_model * 8 / 3) // 64 * 64, window=512,
+                            dropout=args.dropout)
+    lm_path = work / "lm.pt"
+
+    def lm():
+        texts = lm_texts(args.data)
+        lm_tokens = [t for t in (tok.encode(x) for x in texts) if t]
+        n_pieces = sum(map(len, lm_tokens))
+        log(f"text corpus: {len(lm_tokens)} texts, {n_pieces} pieces")
+        decoder = LlamaDecoder(dec_cfg)
+        lengths = [len(t) for t in lm_tokens]
+
+        def loss_fn(idx, gen):
+            rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=gen)))
+            loss, stats = text_lm_loss(decoder, [lm_tokens[i] for i in idx], blank, rng, slot_std=0.5)
+            return loss, {"audio_s": stats["pieces"]}  # throughput reads as pieces/s here
+
+        run_loop(decoder, loss_fn, lambda epoch: text_batches(lengths, args.lm_max_pieces, 3, epoch), lambda b: b,
+                 LoopConfig(total_steps=args.lm_steps, lr=1e-3, warmup_steps=200), lm_path, log)
+
+    if args.lm_steps > 0:
+        timed("lm", lm)
+    if not stages & {"teacher", "align", "reallm", "export"}:
+        return
     head = CTCHead(train_store.dim, tok.vocab_size)
 
     def sampler(subset: list[int], seed: int):
@@ -154,10 +202,6 @@ def main() -> None:
     aligned = sorted(alignments)
     log(f"{len(aligned)} aligned utterances in the store")
 
-    dec_cfg = DecoderConfig(vocab_size=tok.vocab_size, d_model=args.d_model, n_layers=args.layers,
-                            n_heads=args.d_model // 64, n_kv_heads=args.d_model // 64,
-                            ffn_hidden=int(args.d_model * 8 / 3) // 64 * 64, window=512,
-                            dropout=args.dropout)
     config = ReaLLMConfig(encoder_kind="whisper", encoder=asdict(encoder.config), decoder=dec_cfg,
                           lead_in_ms=args.lead_in_ms)
     model = ReaLLM(config, encoder)
@@ -175,6 +219,9 @@ def main() -> None:
             return loss, stats
 
         trainable = torch.nn.ModuleDict({"projector": model.projector, "decoder": model.decoder})
+        if args.lm_steps > 0 and not (work / "reallm.pt").exists():
+            model.decoder.load_state_dict(torch.load(lm_path, weights_only=False)["model"])
+            log(f"decoder warm-started from {lm_path}")
         run_loop(trainable, loss_fn, sampler(aligned, seed=2),
                  lambda idx: make_batch(train_store, idx, token_lists),
                  LoopConfig(total_steps=args.reallm_steps, lr=1e-3, warmup_steps=500), work / "reallm.pt", log)
