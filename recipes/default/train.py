@@ -2,7 +2,7 @@
 
 Stages (each skipped when its output exists, each resumable after a kill):
   features  encode every training/held-out utterance once with the frozen streaming encoder
-  tokenizer SentencePiece on the training text, with BLANK reserved
+  tokenizer SentencePiece on the decoder's text corpus (see lm_texts), with BLANK reserved
   lm        the decoder warm-started as a language model on text alone (train/text_lm.py): the training
             transcripts, every LJ Speech sentence not held out, and the generated short texts
   teacher   CTC head on the cached frames (the alignment teacher)
@@ -53,7 +53,7 @@ def lm_texts(data: Path) -> list[str]:
             for e in read_jsonl(data / f)}
     lj_train, lj_held = split_lj(read_lj())
     held |= {normalize_text(t) for _, t in lj_held}
-    texts = [e["text"] for e in read_jsonl(data / "train.jsonl")]
+    texts = [e["text"] for e in read_jsonl(data / "train.jsonl")] if (data / "train.jsonl").exists() else []
     texts += [normalize_text(t) for _, t in lj_train]
     texts += [normalize_text(t) for _, t in short_texts(20000, random.Random(PLAN_SEED + 1))]
     return sorted({t for t in texts if t and t not in held})
@@ -114,9 +114,8 @@ def main() -> None:
     tok_path = work / "tokenizer.model"
 
     def tokenizer():
-        # all training text, also of utterances whose features are not cached yet
-        texts = [e["text"] for f in sets["train"] if (args.data / f).exists() for e in read_jsonl(args.data / f)]
-        tok_path.write_bytes(train_tokenizer(texts, args.vocab).model_proto)
+        # the decoder's whole text corpus (a superset of the transcripts): pieces fit the text it will read
+        tok_path.write_bytes(train_tokenizer(lm_texts(args.data), args.vocab).model_proto)
 
     timed("tokenizer", tokenizer)
     tok = Tokenizer.load(tok_path)

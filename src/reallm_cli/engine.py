@@ -195,12 +195,15 @@ class Recognizer:
                                                 lead_in_chunks=cfg.lead_in_ms // model.chunk_ms)
 
     @classmethod
-    def load(cls, model: str | Path | None = None, **option_overrides) -> "Recognizer":
-        """Load by registry name, path, or None for the embedded default model."""
+    def load(cls, model: str | Path | None = None, precision: str = "fp32", **option_overrides) -> "Recognizer":
+        """Load by registry name, path, or None for the embedded default model; ``precision`` is fp32 or
+        int8 (the encoder's linear layers quantized, see ``model.quantize``)."""
         from reallm_cli.model.checkpoint import load_model
+        from reallm_cli.model.quantize import apply_precision
         from reallm_cli.weights import resolve_model
 
         m, tok = load_model(resolve_model(model))
+        apply_precision(m, precision)
         rec = cls(m, tok)
         if option_overrides:
             rec.options = replace(rec.options, **option_overrides)

@@ -34,16 +34,16 @@ from reallm_cli.errors import ReallmError
 TEST_RECOGNIZER_ENV = "REALLM_TEST_RECOGNIZER"
 
 
-def load_recognizer(model: str | None):
+def load_recognizer(model: str | None, precision: str = "fp32"):
     """The real recogniser, or the test double named by $REALLM_TEST_RECOGNIZER."""
     spec = os.environ.get(TEST_RECOGNIZER_ENV)
     if spec:
         module_name, _, attr = spec.partition(":")
         cls = getattr(importlib.import_module(module_name), attr or "Recognizer")
-        return cls.load(model)
+        return cls.load(model, precision=precision)
     from reallm_cli.engine import Recognizer
 
-    return Recognizer.load(model)
+    return Recognizer.load(model, precision=precision)
 
 
 def print_devices() -> None:
@@ -65,6 +65,7 @@ def print_devices() -> None:
 
 def listen_command(
     model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="NAME|FILE", help="Model name (see `reallm models`) or file; default: the embedded model.", show_default=False)] = None,
+    precision: Annotated[str, typer.Option("--precision", help="fp32, or int8: the encoder's linear layers quantized on load (faster, slightly less accurate; see the model card).")] = "fp32",
     device: Annotated[Optional[str], typer.Option("--device", "-d", metavar="NAME|INDEX", help="Input device: index or (part of) its name; default: the system default.", show_default=False)] = None,
     list_devices: Annotated[bool, typer.Option("--list-devices", help="List input devices and exit.")] = False,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE", help="Also write the transcript here as it is recognised (txt, srt, vtt, json, jsonl).", show_default=False)] = None,
@@ -89,10 +90,11 @@ def listen_command(
         resolve_format(output, fmt)  # a bad format fails before the model loads
     elif fmt is not None:
         raise ReallmError("--format applies to --output; give --output FILE")
-    run_listen(model=model, device=device, output=output, fmt=fmt, append=append, duration_s=duration, quiet=quiet, open_writer=open_stream_writer)
+    run_listen(model=model, precision=precision, device=device, output=output, fmt=fmt, append=append, duration_s=duration,
+               quiet=quiet, open_writer=open_stream_writer)
 
 
-def run_listen(*, model, device, output, fmt, append, duration_s, quiet, open_writer) -> None:
+def run_listen(*, model, precision="fp32", device, output, fmt, append, duration_s, quiet, open_writer) -> None:
     from rich.console import Console
     from rich.live import Live
 
@@ -107,9 +109,9 @@ def run_listen(*, model, device, output, fmt, append, duration_s, quiet, open_wr
     find_input_device(device)  # a wrong --device fails before the (slow) model load
     if show_view:
         with err.status("loading model…"):
-            recognizer = load_recognizer(model)
+            recognizer = load_recognizer(model, precision)
     else:
-        recognizer = load_recognizer(model)
+        recognizer = load_recognizer(model, precision)
     session = recognizer.session()
 
     sinks = [StdoutLines()]

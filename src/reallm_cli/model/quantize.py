@@ -1,0 +1,48 @@
+"""Int8 inference for the encoder: its linear layers are most of a chunk's compute on a laptop CPU.
+
+PyTorch's dynamic quantization stores each ``nn.Linear`` weight as int8 (one scale per output row) and
+quantizes the activations on the fly, per call; matrix products run in int8 with int32 accumulation
+(fbgemm on x86, qnnpack on ARM). Nothing is trained or calibrated, so any checkpoint can run this way.
+Only the encoder is converted: the decoder is small, runs a few positions per chunk, and its greedy
+choices are where a rounding error would show.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from reallm_cli.errors import ReallmError
+
+PRECISIONS = ("fp32", "int8")
+
+
+def int8_supported() -> bool:
+    return "fbgemm" in torch.backends.quantized.supported_engines or "qnnpack" in torch.backends.quantized.supported_engines
+
+
+def quantize_linear_int8(module: nn.Module) -> nn.Module:
+    """Replace every ``nn.Linear`` inside ``module`` by its dynamically quantized int8 twin (in place)."""
+    if not int8_supported():
+        raise PrecisionError("this PyTorch build has no int8 engine (fbgemm or qnnpack)")
+    with warnings.catch_warnings():  # the eager API is deprecated in favour of torchao, not a dependency here
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        # one scale per output row: a whole-matrix scale loses the small rows to rounding
+        return quantize_dynamic(module, {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+
+
+class PrecisionError(ReallmError, ValueError):
+    """A precision this build cannot run."""
+
+
+def apply_precision(model: nn.Module, precision: str) -> nn.Module:
+    """``fp32``: leave the model as loaded; ``int8``: quantize the encoder's linear layers."""
+    if precision not in PRECISIONS:
+        raise PrecisionError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "int8":
+        quantize_linear_int8(model.encoder)
+    return model

@@ -1,0 +1,62 @@
+"""Int8 encoder inference: only the encoder's linear layers change, its output stays close, the decoder is untouched."""
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import tiny_model
+from reallm_cli.audio.features import whisper_log_mel
+from reallm_cli.bench import synthetic_audio
+from reallm_cli.engine import DecodeOptions, Recognizer
+from reallm_cli.model.presets import placeholder_tokenizer
+from reallm_cli.model.quantize import PrecisionError, apply_precision, int8_supported
+
+pytestmark = pytest.mark.skipif(not int8_supported(), reason="this PyTorch build has no int8 engine")
+
+
+def _linears(module: nn.Module) -> list[str]:
+    return [n for n, m in module.named_modules() if type(m) is nn.Linear]
+
+
+def test_int8_converts_every_encoder_linear_and_nothing_else():
+    model = tiny_model(64).eval()
+    n_enc, dec_before = len(_linears(model.encoder)), _linears(model.decoder)
+    assert n_enc > 0
+    apply_precision(model, "int8")
+    assert _linears(model.encoder) == []
+    quantized = [m for m in model.encoder.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
+    assert len(quantized) == n_enc
+    assert _linears(model.decoder) == dec_before
+
+
+def test_fp32_leaves_the_model_alone_and_unknown_precisions_are_refused():
+    model = tiny_model(64).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    apply_precision(model, "fp32")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(PrecisionError, match="fp32, int8"):
+        apply_precision(model, "fp8")
+
+
+def test_int8_encoder_output_stays_close_to_fp32():
+    model = tiny_model(64).eval()
+    mel = whisper_log_mel(synthetic_audio(3.0, seed=1), floor="running")[None]  # (1, T, 80)
+    lengths = torch.tensor([mel.shape[1]])
+    with torch.no_grad():
+        ref, _ = model.encoder(mel, lengths)
+        apply_precision(model, "int8")
+        got, _ = model.encoder(mel, lengths)
+    rel = float((got - ref).norm() / ref.norm())
+    assert 0 < rel < 0.05, rel  # changed (it is int8), but by little
+
+
+def test_an_int8_session_streams_like_any_other():
+    tok = placeholder_tokenizer(64)
+    model = apply_precision(tiny_model(tok.vocab_size).eval(), "int8")
+    rec = Recognizer(model, tok, DecodeOptions(max_tokens_per_chunk=2))
+    s = rec.session()
+    audio = synthetic_audio(2.0, seed=2)
+    s.push(audio[:12345])
+    s.push(audio[12345:])
+    s.flush()
+    assert s.chunks_done >= 8
