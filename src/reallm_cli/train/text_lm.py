@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from reallm_cli.model.decoder import LlamaDecoder
 from reallm_cli.model.interleave import assemble_decoder_inputs, build_interleaved, collate_interleaved
+from reallm_cli.train.batching import DurationBatchSampler
 
 IGNORE = -100
 
@@ -65,22 +66,8 @@ def text_lm_loss(decoder: LlamaDecoder, token_lists: Sequence[Sequence[int]], bl
 def text_batches(lengths: Sequence[int], max_pieces: int, seed: int, epoch: int) -> list[list[int]]:
     """One epoch of batches of text indices, similar lengths together, at most ``max_pieces`` padded pieces each.
 
-    A pure function of (lengths, max_pieces, seed, epoch), so a resumed run sees the same batches.
+    The duration sampler of the speech stages, with piece counts for durations: a pure function of
+    (lengths, max_pieces, seed, epoch), so a resumed run sees the same batches.
     """
-    rng = random.Random(seed * 1_000_003 + epoch)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    # sort within windows of 100 texts: little padding, still a different mix every epoch
-    order = [i for s in range(0, len(order), 100) for i in sorted(order[s:s + 100], key=lambda i: lengths[i])]
-    batches, cur, longest = [], [], 0
-    for i in order:
-        n = max(1, lengths[i])
-        if cur and max(longest, n) * (len(cur) + 1) > max_pieces:
-            batches.append(cur)
-            cur, longest = [], 0
-        cur.append(i)
-        longest = max(longest, n)
-    if cur:
-        batches.append(cur)
-    rng.shuffle(batches)
-    return batches
+    sampler = DurationBatchSampler([max(1, n) for n in lengths], max_pieces, seed=seed)
+    return sampler.batches(epoch)
