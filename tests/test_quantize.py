@@ -9,7 +9,7 @@ from reallm_cli.audio.features import whisper_log_mel
 from reallm_cli.bench import synthetic_audio
 from reallm_cli.engine import DecodeOptions, Recognizer
 from reallm_cli.model.presets import placeholder_tokenizer
-from reallm_cli.model.quantize import PrecisionError, apply_precision, int8_supported
+from reallm_cli.model.quantize import PrecisionError, apply_precision, int8_supported, parameter_count
 
 pytestmark = pytest.mark.skipif(not int8_supported(), reason="this PyTorch build has no int8 engine")
 
@@ -60,3 +60,23 @@ def test_an_int8_session_streams_like_any_other():
     s.push(audio[12345:])
     s.flush()
     assert s.chunks_done >= 8
+
+
+def test_parameter_count_still_sees_the_int8_weights():
+    model = tiny_model(64).eval()
+    before = parameter_count(model)
+    assert before == sum(p.numel() for p in model.parameters())
+    apply_precision(model, "int8")
+    assert sum(p.numel() for p in model.parameters()) < before  # the packed weights left parameters()
+    assert parameter_count(model) == before
+
+
+def test_an_unknown_precision_is_refused_before_the_model_loads(monkeypatch):
+    import reallm_cli.weights as weights
+
+    def fail(*_a, **_k):
+        raise AssertionError("the model was resolved before the precision was checked")
+
+    monkeypatch.setattr(weights, "resolve_model", fail)
+    with pytest.raises(PrecisionError, match="got 'fp8'"):
+        Recognizer.load(None, precision="fp8")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from reallm_cli.engine import Recognizer
+from reallm_cli.model.quantize import parameter_count
 from reallm_cli.timebase import SAMPLE_RATE
 
 
@@ -105,6 +106,6 @@ def run_bench(
         first_word_s=first_word_s,
         pieces_per_chunk=round(len(session.tokens) / max(1, session.chunks_done), 2),
         peak_rss_mb=round(peak_rss_mb(), 1),
-        n_params=sum(p.numel() for p in recognizer.model.parameters()),
+        n_params=parameter_count(recognizer.model),
         text=" ".join(w.text for w in words),
     )

@@ -199,9 +199,10 @@ class Recognizer:
         """Load by registry name, path, or None for the embedded default model; ``precision`` is fp32 or
         int8 (the encoder's linear layers quantized, see ``model.quantize``)."""
         from reallm_cli.model.checkpoint import load_model
-        from reallm_cli.model.quantize import apply_precision
+        from reallm_cli.model.quantize import apply_precision, check_precision
         from reallm_cli.weights import resolve_model
 
+        check_precision(precision)
         m, tok = load_model(resolve_model(model))
         apply_precision(m, precision)
         rec = cls(m, tok)

@@ -39,10 +39,24 @@ class PrecisionError(ReallmError, ValueError):
     """A precision this build cannot run."""
 
 
-def apply_precision(model: nn.Module, precision: str) -> nn.Module:
-    """``fp32``: leave the model as loaded; ``int8``: quantize the encoder's linear layers."""
+def check_precision(precision: str) -> str:
+    """Refuse an unknown precision before anything slow (loading a model) happens."""
     if precision not in PRECISIONS:
         raise PrecisionError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "int8":
+    return precision
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Weights in the model, the int8-packed linear layers included (``parameters()`` no longer sees them)."""
+    n = sum(p.numel() for p in model.parameters())
+    for m in model.modules():
+        if isinstance(m, torch.ao.nn.quantized.dynamic.Linear):
+            n += m.weight().numel() + (m.bias().numel() if m.bias() is not None else 0)
+    return n
+
+
+def apply_precision(model: nn.Module, precision: str) -> nn.Module:
+    """``fp32``: leave the model as loaded; ``int8``: quantize the encoder's linear layers."""
+    if check_precision(precision) == "int8":
         quantize_linear_int8(model.encoder)
     return model

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The default model's whole recipe, one stage after another (about 2 hours on 2 CPU cores):
+#   nohup recipes/default/run.sh [DATA] [WORK] > run.log 2>&1 &
+# Every stage skips what it already finished, so after a kill the same command resumes.
+# The model lands in WORK/model.safetensors; recipes/default/evaluate.sh measures it.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DATA=${1:-/work/data} WORK=${2:-/work/runs/default}
+ENCODER=${ENCODER:-/work/cache/whisper-base-encoder.safetensors}
+HOURS=${HOURS:-9.5} START=${START:-2} ADAPT_STEPS=${ADAPT_STEPS:-700}
+TEACHER_STEPS=${TEACHER_STEPS:-600} REALLM_STEPS=${REALLM_STEPS:-2000}
+stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
+
+stamp "data ($HOURS h)"
+python recipes/default/make_data.py --out "$DATA" --hours "$HOURS" --jobs 2
+stamp "import Whisper base encoder"
+[ -f "$ENCODER" ] || python scripts/import_whisper.py --model base --out "$ENCODER"
+adapt=(python recipes/default/adapt_encoder.py --manifest "$DATA/train.jsonl" --work "$WORK"
+       --encoder "$ENCODER" --start "$START")
+stamp "encoder cache (2 workers)"
+"${adapt[@]}" --stages cache --worker 0 --workers 2 &
+"${adapt[@]}" --stages cache --worker 1 --workers 2
+wait
+stamp "encoder adaptation ($ADAPT_STEPS steps), features, export"
+"${adapt[@]}" --stages train,features,export --steps "$ADAPT_STEPS" --threads 2
+stamp "tokenizer, CTC teacher, alignment, ReaLLM, export"
+python recipes/default/train.py --data "$DATA" --work "$WORK" --encoder "$WORK/encoder.safetensors" \
+    --stages tokenizer,teacher,align,reallm,export --teacher-steps "$TEACHER_STEPS" \
+    --reallm-steps "$REALLM_STEPS" --lm-steps 0 --out "$WORK/model.safetensors"
+stamp done
