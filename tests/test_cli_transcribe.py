@@ -91,3 +91,14 @@ def test_eval_writes_report(model_file, shared_data, tmp_path):
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["utterances"] == 1 and rep["wer"] > 0.5  # random weights cannot be right
     assert rep["rtf"] > 0
+
+
+@pytest.mark.parametrize("group_by, rows", [("none", ["all"]), ("id", ["a", "b", "all"])])
+def test_eval_table_has_one_total_row(model_file, shared_data, tmp_path, group_by, rows):
+    manifest = tmp_path / "m.jsonl"
+    audio = str(shared_data / "dev-real" / "jfk.flac")
+    manifest.write_text("".join(json.dumps({"id": i, "audio": audio, "text": "ask not"}) + "\n" for i in "ab"))
+    r = reallm("eval", manifest, "--model", model_file, "--group-by", group_by)
+    assert r.returncode == 0, r.stderr
+    first_cells = [line.split("│")[1].strip() for line in r.stdout.splitlines() if line.startswith("│")]
+    assert first_cells == rows, r.stdout

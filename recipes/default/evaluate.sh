@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The model card's measurements of one model, every figure through `reallm eval` (streaming, 240 ms, greedy):
 #   recipes/default/evaluate.sh MODEL OUTDIR [DATA] [PRECISION]
-# dev-real (real speech; emission delay against offline Whisper base's word times from
-# scripts/baseline_whisper.py, expected in /work/runs/baseline_devreal), jfk through `reallm transcribe`,
+# dev-real (real speech; emission delay against offline Whisper base's word times, written by
+# scripts/baseline_whisper.py and kept beside this script), jfk through `reallm transcribe`,
 # and the synthetic held-out voice and held-out text sets made by make_data.py.
 set -euo pipefail
 MODEL=$1 OUT=$2 DATA=${3:-/work/data} PRECISION=${4:-fp32}
 SHARED=$(cd "$(dirname "$0")/../../.." && pwd)/shared/data
-REF=/work/runs/baseline_devreal/ref_word_times.jsonl
+REF=$(dirname "$0")/devreal_ref_word_times.jsonl
 mkdir -p "$OUT"
 align=()
 [ -f "$REF" ] && align=(--alignments "$REF")

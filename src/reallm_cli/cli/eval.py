@@ -43,7 +43,8 @@ def eval_command(
         t.add_column(col, justify="left" if col == "group" else "right")
     for g in report.groups:
         t.add_row(g.group, str(g.utterances), str(g.words), f"{100 * g.wer:.1f}", str(g.substitutions), str(g.deletions), str(g.insertions))
-    t.add_row("all", str(report.utterances), "", f"{100 * report.wer:.1f}", "", "", "", style="bold")
+    if [g.group for g in report.groups] != ["all"]:  # with --group-by none the one group is the total
+        t.add_row("all", str(report.utterances), "", f"{100 * report.wer:.1f}", "", "", "", style="bold")
     out = Console()
     out.print(t)
     out.print(f"real-time factor {report.rtf:.4f} ({report.compute_s:.1f} s compute for {report.audio_s:.1f} s audio)")
