@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 DATA=${1:-/work/data} WORK=${2:-/work/runs/default}
 ENCODER=${ENCODER:-/work/cache/whisper-base-encoder.safetensors}
 HOURS=${HOURS:-9.5} START=${START:-2} ADAPT_STEPS=${ADAPT_STEPS:-700}
-TEACHER_STEPS=${TEACHER_STEPS:-600} REALLM_STEPS=${REALLM_STEPS:-3000}
+TEACHER_STEPS=${TEACHER_STEPS:-3000} REALLM_STEPS=${REALLM_STEPS:-3000}
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
 
 stamp "data ($HOURS h)"
