@@ -64,7 +64,7 @@ def test_decoder_learns_text_it_is_shown_and_ignores_the_noise_slots():
     first = None
     for _ in range(300):
         loss, stats = text_lm_loss(dec, texts, BLANK, rng)
-        first = first if first is not None else float(loss)
+        first = first if first is not None else loss.item()
         opt.zero_grad()
         loss.backward()
         opt.step()
