@@ -18,15 +18,19 @@ def _linears(module: nn.Module) -> list[str]:
     return [n for n, m in module.named_modules() if type(m) is nn.Linear]
 
 
-def test_int8_converts_every_encoder_linear_and_nothing_else():
+def test_int8_converts_the_encoder_and_decoder_layers_but_not_the_output_head():
     model = tiny_model(64).eval()
-    n_enc, dec_before = len(_linears(model.encoder)), _linears(model.decoder)
-    assert n_enc > 0
+    n_enc, n_dec = len(_linears(model.encoder)), len(_linears(model.decoder.layers))
+    projector_before = _linears(model.projector)
+    assert n_enc > 0 and n_dec > 0
     apply_precision(model, "int8")
-    assert _linears(model.encoder) == []
-    quantized = [m for m in model.encoder.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
-    assert len(quantized) == n_enc
-    assert _linears(model.decoder) == dec_before
+    assert _linears(model.encoder) == [] and _linears(model.decoder.layers) == []
+    for part, n in ((model.encoder, n_enc), (model.decoder.layers, n_dec)):
+        assert sum(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in part.modules()) == n
+    # the output head stays fp32 and still shares its weight with the token embedding
+    assert type(model.decoder.output) is nn.Linear
+    assert model.decoder.output.weight is model.decoder.tok_embeddings.weight
+    assert _linears(model.projector) == projector_before
 
 
 def test_fp32_leaves_the_model_alone_and_unknown_precisions_are_refused():

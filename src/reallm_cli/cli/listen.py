@@ -65,7 +65,7 @@ def print_devices() -> None:
 
 def listen_command(
     model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="NAME|FILE", help="Model name (see `reallm models`) or file; default: the embedded model.", show_default=False)] = None,
-    precision: Annotated[str, typer.Option("--precision", help="fp32, or int8: the encoder's linear layers quantized on load (faster, slightly less accurate; see the model card).")] = "fp32",
+    precision: Annotated[str, typer.Option("--precision", help="fp32, or int8: the encoder's and decoder's linear layers quantized on load (faster, slightly less accurate; see the model card).")] = "fp32",
     device: Annotated[Optional[str], typer.Option("--device", "-d", metavar="NAME|INDEX", help="Input device: index or (part of) its name; default: the system default.", show_default=False)] = None,
     list_devices: Annotated[bool, typer.Option("--list-devices", help="List input devices and exit.")] = False,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE", help="Also write the transcript here as it is recognised (txt, srt, vtt, json, jsonl).", show_default=False)] = None,

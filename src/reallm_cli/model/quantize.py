@@ -1,10 +1,14 @@
-"""Int8 inference for the encoder: its linear layers are most of a chunk's compute on a laptop CPU.
+"""Int8 inference: the linear layers are most of a chunk's compute on a laptop CPU.
 
 PyTorch's dynamic quantization stores each ``nn.Linear`` weight as int8 (one scale per output row) and
 quantizes the activations on the fly, per call; matrix products run in int8 with int32 accumulation
 (fbgemm on x86, qnnpack on ARM). Nothing is trained or calibrated, so any checkpoint can run this way.
-Only the encoder is converted: the decoder is small, runs a few positions per chunk, and its greedy
-choices are where a rounding error would show.
+
+Converted: the encoder's linear layers (compute-bound: 12 frames a chunk) and the decoder's transformer
+layers (memory-bound: one position a step, so reading 4x fewer weight bytes is the win). Kept in fp32:
+the projector, and the decoder's token embedding with the output head tied to it, where the greedy
+choice between a word piece and BLANK is made. Measured on the default model (model card): the
+decoder layers add no measurable error on 3467 held-out words and take a fifth off streaming time.
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ def parameter_count(model: nn.Module) -> int:
 
 
 def apply_precision(model: nn.Module, precision: str) -> nn.Module:
-    """``fp32``: leave the model as loaded; ``int8``: quantize the encoder's linear layers."""
+    """``fp32``: leave the model as loaded; ``int8``: quantize the encoder's and the decoder layers' linears."""
     if check_precision(precision) == "int8":
         quantize_linear_int8(model.encoder)
+        quantize_linear_int8(model.decoder.layers)
     return model
