@@ -17,7 +17,7 @@ def bench_command(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name or path (default: the embedded model).", show_default=False)] = None,
     precision: Annotated[str, typer.Option("--precision", help="fp32, or int8: the encoder's and decoder's linear layers quantized on load (faster, slightly less accurate; see the model card).")] = "fp32",
     preset: Annotated[Optional[str], typer.Option("--preset", help="Measure a randomly initialised preset instead: paper-80m or small.", show_default=False)] = None,
-    file: Annotated[Optional[str], typer.Option("--file", help="Audio file to stream (default: synthetic audio).", show_default=False)] = None,
+    file: Annotated[Optional[str], typer.Option("--file", help="Audio file to stream (default: synthetic audio with no words, so the decoder is nearly idle: pass speech for a realistic figure).", show_default=False)] = None,
     duration_s: Annotated[float, typer.Option("--duration", help="Seconds of audio to stream (synthetic audio, or the file's first seconds).", min=1, max=36000)] = 60.0,
     threads: Annotated[int, typer.Option("--threads", help="Torch CPU threads.", min=1, max=256)] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
