@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The default model's whole recipe, one stage after another (about 2 hours on 2 CPU cores):
+# The default model's whole recipe, one stage after another (about 1 h 30 min on 2 CPU cores):
 #   nohup recipes/default/run.sh [DATA] [WORK] > run.log 2>&1 &
 # Every stage skips what it already finished, so after a kill the same command resumes.
 # The model lands in WORK/model.safetensors; recipes/default/evaluate.sh measures it.
@@ -19,8 +19,9 @@ adapt=(python recipes/default/adapt_encoder.py --manifest "$DATA/train.jsonl" --
        --encoder "$ENCODER" --start "$START")
 stamp "encoder cache (2 workers)"
 "${adapt[@]}" --stages cache --worker 0 --workers 2 &
+worker0=$!
 "${adapt[@]}" --stages cache --worker 1 --workers 2
-wait
+wait "$worker0"  # a failed worker stops the recipe (a bare `wait` would return 0)
 stamp "encoder adaptation ($ADAPT_STEPS steps), features, export"
 "${adapt[@]}" --stages train,features,export --steps "$ADAPT_STEPS" --threads 2
 stamp "tokenizer, CTC teacher, alignment, ReaLLM, export"

@@ -9,13 +9,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from reallm_cli.cli.options import Precision
 from reallm_cli.errors import ReallmError
 
 
 def bench_command(
     chunk_ms: Annotated[int, typer.Option("--chunk-ms", help="Chunk length in ms (a multiple of the encoder frame: 40 ms for presets, 20 ms for Whisper models).", min=40, max=4000)] = 240,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name or path (default: the embedded model).", show_default=False)] = None,
-    precision: Annotated[str, typer.Option("--precision", help="fp32, or int8: the encoder's and decoder's linear layers quantized on load (faster, slightly less accurate; see the model card).")] = "fp32",
+    precision: Precision = "fp32",
     preset: Annotated[Optional[str], typer.Option("--preset", help="Measure a randomly initialised preset instead: paper-80m or small.", show_default=False)] = None,
     file: Annotated[Optional[str], typer.Option("--file", help="Audio file to stream (default: synthetic audio with no words, so the decoder is nearly idle: pass speech for a realistic figure).", show_default=False)] = None,
     duration_s: Annotated[float, typer.Option("--duration", help="Seconds of audio to stream (synthetic audio, or the file's first seconds).", min=1, max=36000)] = 60.0,

@@ -7,11 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
+from reallm_cli.cli.options import Precision
+
 
 def eval_command(
     manifest: Annotated[Path, typer.Argument(help="JSON Lines manifest: audio, text (duration optional).", show_default=False)],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name or path (default: the embedded model).", show_default=False)] = None,
-    precision: Annotated[str, typer.Option("--precision", help="fp32, or int8: the encoder's and decoder's linear layers quantized on load (faster, slightly less accurate; see the model card).")] = "fp32",
+    precision: Precision = "fp32",
     group_by: Annotated[str, typer.Option("--group-by", help="WER per group: dir (first folder of the audio path), id, or none.")] = "dir",
     alignments: Annotated[Optional[Path], typer.Option("--alignments", help="Reference word times (JSONL id, words[word, end_s]) for emission delay.", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--json", help="Write the full report (with every hypothesis) here.", show_default=False)] = None,

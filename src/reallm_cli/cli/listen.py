@@ -27,6 +27,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from reallm_cli.cli.options import Precision
 from reallm_cli.errors import ReallmError
 
 # Test hook: "module:attribute" naming a class with the Recognizer API (``load(model)``, ``session()``),
@@ -65,7 +66,7 @@ def print_devices() -> None:
 
 def listen_command(
     model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="NAME|FILE", help="Model name (see `reallm models`) or file; default: the embedded model.", show_default=False)] = None,
-    precision: Annotated[str, typer.Option("--precision", help="fp32, or int8: the encoder's and decoder's linear layers quantized on load (faster, slightly less accurate; see the model card).")] = "fp32",
+    precision: Precision = "fp32",
     device: Annotated[Optional[str], typer.Option("--device", "-d", metavar="NAME|INDEX", help="Input device: index or (part of) its name; default: the system default.", show_default=False)] = None,
     list_devices: Annotated[bool, typer.Option("--list-devices", help="List input devices and exit.")] = False,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE", help="Also write the transcript here as it is recognised (txt, srt, vtt, json, jsonl).", show_default=False)] = None,

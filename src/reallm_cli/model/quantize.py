@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from reallm_cli.errors import ReallmError
+from reallm_cli.model.decoder import count_parameters
 
 PRECISIONS = ("fp32", "int8")
 
@@ -52,7 +53,7 @@ def check_precision(precision: str) -> str:
 
 def parameter_count(model: nn.Module) -> int:
     """Weights in the model, the int8-packed linear layers included (``parameters()`` no longer sees them)."""
-    n = sum(p.numel() for p in model.parameters())
+    n = count_parameters(model)
     for m in model.modules():
         if isinstance(m, torch.ao.nn.quantized.dynamic.Linear):
             n += m.weight().numel() + (m.bias().numel() if m.bias() is not None else 0)
