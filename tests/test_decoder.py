@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -28,8 +30,9 @@ def run_blocks(dec: LlamaDecoder, x: torch.Tensor, blocks: list[int], start_pos:
     return torch.cat(outs, dim=1)
 
 
-def test_one_at_a_time_equals_forward_beyond_window():
-    dec = tiny_decoder()
+@pytest.mark.parametrize("style", ["llama", "whisper"])
+def test_one_at_a_time_equals_forward_beyond_window(style: str):
+    dec = tiny_decoder(dataclasses.replace(TINY, style=style))
     x = torch.randn(2, 5 * WINDOW + 1, 32)
     with torch.no_grad():
         full = dec(x)
@@ -122,3 +125,13 @@ def test_dropout_acts_in_training_only():
         assert torch.allclose(run_blocks(dropped, x, [4, 5]), plain(x), atol=1e-5)  # streaming unaffected
     with pytest.raises(ValueError, match="dropout"):
         DecoderConfig(dropout=1.0)
+
+
+def test_whisper_style_has_whisper_layer_layout():
+    dec = tiny_decoder(dataclasses.replace(TINY, style="whisper"))
+    names = set(dict(dec.named_parameters()))
+    assert {"layers.0.attn.wq.bias", "layers.0.attn.wv.bias", "layers.0.attn.wo.bias", "layers.0.ffn.fc1.bias",
+            "layers.0.attn_norm.bias", "norm.bias"} <= names
+    assert "layers.0.attn.wk.bias" not in names and "layers.0.ffn.w_gate.weight" not in names
+    with pytest.raises(ValueError, match="style"):
+        DecoderConfig(style="gpt")

@@ -17,11 +17,13 @@ import pytest
 import torch
 
 from reallm_cli.errors import ModelError
+from reallm_cli.model.decoder import DecoderConfig, LlamaDecoder
 from reallm_cli.model.whisper_encoder import WhisperEncoderConfig, WhisperStreamingEncoder, load_whisper_encoder
 from reallm_cli.model.whisper_import import (
     KNOWN_SHA256,
     convert_installed_whisper,
     find_installed_whisper,
+    import_whisper_decoder,
     import_whisper_encoder,
     read_ct2_variables,
     sha256_of,
@@ -255,3 +257,55 @@ def test_pretrained_streaming_equals_parallel_in_float64():
     with torch.no_grad():
         ref, _ = model(mel, torch.tensor([mel.shape[1]]))
     assert (torch.cat(outs, dim=1) - ref).abs().max().item() < 1e-9
+
+
+def ct2_decoder_variables(dec: LlamaDecoder, key_bias: np.ndarray) -> dict:
+    """A whisper-style decoder's weights under CTranslate2's WhisperSpec decoder names (+ cross-attention)."""
+    sd = {k: t.numpy() for k, t in dec.state_dict().items()}
+    d = dec.cfg.d_model
+    v = {"decoder/embeddings/weight": sd["tok_embeddings.weight"], "decoder/layer_norm/gamma": sd["norm.weight"],
+         "decoder/layer_norm/beta": sd["norm.bias"],
+         "decoder/position_encodings/encodings": np.zeros((448, d), np.float32)}
+    for i in range(dec.cfg.n_layers):
+        p, s = f"decoder/layer_{i}/", f"layers.{i}."
+        v[p + "self_attention/linear_0/weight"] = np.concatenate(
+            [sd[s + "attn.wq.weight"], sd[s + "attn.wk.weight"], sd[s + "attn.wv.weight"]])
+        v[p + "self_attention/linear_0/bias"] = np.concatenate([sd[s + "attn.wq.bias"], key_bias, sd[s + "attn.wv.bias"]])
+        v[p + "attention/linear_0/weight"] = np.ones((d, d), np.float32)  # cross-attention: not imported
+        for ours, theirs in [("attn_norm.weight", "self_attention/layer_norm/gamma"),
+                             ("attn_norm.bias", "self_attention/layer_norm/beta"),
+                             ("attn.wo.weight", "self_attention/linear_1/weight"),
+                             ("attn.wo.bias", "self_attention/linear_1/bias"),
+                             ("ffn_norm.weight", "ffn/layer_norm/gamma"), ("ffn_norm.bias", "ffn/layer_norm/beta"),
+                             ("ffn.fc1.weight", "ffn/linear_0/weight"), ("ffn.fc1.bias", "ffn/linear_0/bias"),
+                             ("ffn.fc2.weight", "ffn/linear_1/weight"), ("ffn.fc2.bias", "ffn/linear_1/bias")]:
+            v[p + theirs] = sd[s + ours]
+    out = {k: ("float32", a) for k, a in v.items()}
+    out["decoder/num_heads"] = ("int16", np.array(dec.cfg.n_heads, np.int16))
+    return out
+
+
+def test_decoder_import_maps_every_weight_and_cuts_the_vocabulary(tmp_path):
+    torch.manual_seed(0)
+    cfg = DecoderConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=4, ffn_hidden=64, style="whisper")
+    whisper = LlamaDecoder(cfg).eval()
+    with torch.no_grad():  # non-trivial norms, so that a swapped tensor shows
+        for name, p in whisper.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    key_bias = np.random.default_rng(1).standard_normal(32).astype(np.float32)
+    write_ct2(tmp_path / "model.bin", ct2_decoder_variables(whisper, key_bias))
+    keep = [-1, 3, 7, 11, 40]
+    got_cfg, sd = import_whisper_decoder([tmp_path / "model.bin"], keep, blank_from=49, window=64, dropout=0.1)
+    assert (got_cfg.vocab_size, got_cfg.d_model, got_cfg.n_layers, got_cfg.n_heads, got_cfg.ffn_hidden,
+            got_cfg.style, got_cfg.window, got_cfg.dropout) == (5, 32, 2, 4, 64, "whisper", 64, 0.1)
+    ours = LlamaDecoder(got_cfg).eval()
+    ours.load_state_dict(sd)  # strict: every parameter is there
+    emb = whisper.tok_embeddings.weight.detach()
+    torch.testing.assert_close(ours.tok_embeddings.weight.detach(), emb[[49, 3, 7, 11, 40]])
+    assert ours.output.weight is ours.tok_embeddings.weight
+    x = torch.randn(1, 9, 32)
+    with torch.no_grad():  # same layers (the dropped key bias is exact); the head is cut to the kept rows
+        torch.testing.assert_close(ours(x), whisper(x)[..., [49, 3, 7, 11, 40]], atol=1e-5, rtol=0)
+    with pytest.raises(ModelError, match="outside Whisper's vocabulary"):
+        import_whisper_decoder([tmp_path / "model.bin"], [-1, 3, 50], blank_from=49)

@@ -7,6 +7,7 @@ Stages (each skipped when its output exists, each resumable after a kill):
             the training transcripts, every LJ Speech sentence not held out, and the generated short texts
   teacher   CTC head on the cached frames (the alignment teacher)
   align     Viterbi forced alignment -> per-piece chunk indices
+  retokenize (with --decoder-init whisper-tiny.en) the alignment moved to Whisper's BPE tokens, byte by byte
   reallm    projector + decoder trained with cross-entropy on the interleaved sequence
   export    one fp16 safetensors file (encoder + projector + decoder + config + tokenizer)
 
@@ -27,12 +28,14 @@ from pathlib import Path
 import torch
 
 from reallm_cli.align.ctc import AlignmentError, ctc_forced_align
+from reallm_cli.align.retokenize import byte_level_bytes, sentencepiece_bytes, transfer_chunks
 from reallm_cli.model.checkpoint import save_model
 from reallm_cli.model.decoder import DecoderConfig, LlamaDecoder
 from reallm_cli.model.reallm import ReaLLM, ReaLLMConfig
 from reallm_cli.model.whisper_encoder import load_whisper_encoder
+from reallm_cli.model.whisper_import import find_installed_whisper, import_whisper_decoder
 from reallm_cli.text import normalize_text
-from reallm_cli.tokenizer import Tokenizer, train_tokenizer
+from reallm_cli.tokenizer import Tokenizer, tokenizer_from_bytes, train_tokenizer, whisper_bpe_subset
 from reallm_cli.train.batching import DurationBatchSampler
 from reallm_cli.train.cached_data import make_batch, time_mask
 from reallm_cli.train.ctc_head import CTCHead, ctc_loss
@@ -80,7 +83,11 @@ def main() -> None:
     # against 5.37 for a unigram model of the corpus; too slow to pay off on 2 cores, so it is off by default.
     ap.add_argument("--lm-steps", type=int, default=0, help="text-only decoder warm-up steps (0: none)")
     ap.add_argument("--lm-max-pieces", type=int, default=8192, help="padded word pieces per text batch")
-    ap.add_argument("--stages", default="features,tokenizer,lm,teacher,align,reallm,export")
+    ap.add_argument("--decoder-init", choices=["none", "whisper-tiny.en"], default="none",
+                    help="start the decoder from Whisper tiny.en's pretrained decoder (its BPE vocabulary, cut "
+                         "to the tokens the text corpus uses; cross-attention dropped, RoPE for positions)")
+    ap.add_argument("--reallm-lr", type=float, default=1e-3)
+    ap.add_argument("--stages", default="features,tokenizer,lm,teacher,align,retokenize,reallm,export")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     stages, work = start_run(args)
@@ -115,9 +122,15 @@ def main() -> None:
 
     tok_path = work / "tokenizer.model"
 
+    pretrained = args.decoder_init != "none"
+    bpe_path = work / "bpe_tokenizer.bin"
+
     def tokenizer():
         # the decoder's whole text corpus (a superset of the transcripts): pieces fit the text it will read
         tok_path.write_bytes(train_tokenizer(lm_texts(args.data), args.vocab).model_proto)
+        if pretrained:
+            tokenizer_json = (find_installed_whisper("tiny.en")[0].parent / "tokenizer.json").read_text()
+            bpe_path.write_bytes(whisper_bpe_subset(tokenizer_json, lm_texts(args.data)).model_proto)
 
     timed("tokenizer", tokenizer)
     tok = Tokenizer.load(tok_path)
@@ -196,16 +209,46 @@ def main() -> None:
         log(f"alignment report: {report}")
 
     timed("align", align)
+    # The decoder's tokenizer: the teacher's SentencePiece, or Whisper's BPE with the alignment moved onto it.
+    dec_tok, dec_align_path = tok, align_path
+    if pretrained:
+        dec_tok, dec_align_path = tokenizer_from_bytes(bpe_path.read_bytes()), work / "alignments_bpe.jsonl"
+
+    def retokenize():
+        n_fail = 0
+        with open(dec_align_path, "w") as f:
+            for r in map(json.loads, align_path.read_text().splitlines()):
+                text = train_store.items[r["i"]].text
+                src = sentencepiece_bytes([tok.piece(t) for t in token_lists[r["i"]]])
+                dst = byte_level_bytes([dec_tok.piece(t) for t in dec_tok.encode(text)])
+                try:
+                    chunks = transfer_chunks(src, r["chunks"], dst)
+                except ValueError:
+                    n_fail += 1
+                    continue
+                f.write(json.dumps({"i": r["i"], "id": r["id"], "chunks": chunks}) + "\n")
+        log(f"retokenized alignments: {n_fail} utterances whose tokenizations disagree were dropped")
+
+    if pretrained:
+        timed("retokenize", retokenize)
     if not stages & {"reallm", "export"}:
         return
-    by_id = {r["id"]: r["chunks"] for r in map(json.loads, align_path.read_text().splitlines())}
+    dec_token_lists = [dec_tok.encode(u.text) for u in train_store.items] if pretrained else token_lists
+    by_id = {r["id"]: r["chunks"] for r in map(json.loads, dec_align_path.read_text().splitlines())}
     alignments = {i: by_id[u.id] for i, u in enumerate(train_store.items) if u.id in by_id}
     aligned = sorted(alignments)
     log(f"{len(aligned)} aligned utterances in the store")
 
+    init_state = None
+    if pretrained:
+        dec_cfg, init_state = import_whisper_decoder(find_installed_whisper("tiny.en"), dec_tok.keep_ids,
+                                                     blank_from=50256, window=512, dropout=args.dropout)
     config = ReaLLMConfig(encoder_kind="whisper", encoder=asdict(encoder.config), decoder=dec_cfg,
                           lead_in_ms=args.lead_in_ms)
     model = ReaLLM(config, encoder)
+    if init_state is not None and not (work / "reallm.pt").exists():
+        model.decoder.load_state_dict(init_state)
+        log(f"decoder initialised from Whisper tiny.en ({dec_cfg.n_layers} layers, {dec_cfg.vocab_size} tokens)")
     for p in model.encoder.parameters():
         p.requires_grad_(False)
     chunk_lists = [alignments.get(i, []) for i in range(len(train_store))]
@@ -215,7 +258,7 @@ def main() -> None:
             frames = time_mask(batch.frames, batch.frame_lengths, gen)
             frames = torch.nn.functional.dropout(frames, args.feat_dropout)
             loss, stats = reallm_loss(model, frames, batch.frame_lengths, batch.tokens,
-                                      [chunk_lists[i] for i in batch.indices], blank)
+                                      [chunk_lists[i] for i in batch.indices], dec_tok.blank)
             stats["audio_s"] = float(batch.frame_lengths.sum()) * 0.02
             return loss, stats
 
@@ -224,8 +267,8 @@ def main() -> None:
             model.decoder.load_state_dict(torch.load(lm_path, weights_only=False)["model"])
             log(f"decoder warm-started from {lm_path}")
         run_loop(trainable, loss_fn, sampler(aligned, seed=2),
-                 lambda idx: make_batch(train_store, idx, token_lists),
-                 LoopConfig(total_steps=args.reallm_steps, lr=1e-3, warmup_steps=500), work / "reallm.pt", log)
+                 lambda idx: make_batch(train_store, idx, dec_token_lists),
+                 LoopConfig(total_steps=args.reallm_steps, lr=args.reallm_lr, warmup_steps=500), work / "reallm.pt", log)
 
     timed("reallm", reallm)
 
@@ -235,7 +278,7 @@ def main() -> None:
         trainable.load_state_dict(ck["model"])
         extra = {"train_hours": sum(train_store.items[i].duration for i in aligned) / 3600,
                  "stage_seconds": t_stage, "steps": ck["step"]}
-        save_model(args.out, model, tok, dtype=torch.float16, extra=extra)
+        save_model(args.out, model, dec_tok, dtype=torch.float16, extra=extra)
         log(f"wrote {args.out}")
 
     timed("export", export)

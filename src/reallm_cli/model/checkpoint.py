@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from reallm_cli.errors import ModelError
 from reallm_cli.model.reallm import ReaLLM, ReaLLMConfig
-from reallm_cli.tokenizer import Tokenizer
+from reallm_cli.tokenizer import Tokenizer, tokenizer_from_bytes
 
 FORMAT = "reallm-model/1"
 
@@ -86,7 +86,7 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Re
     meta = read_metadata(path)
     try:
         config = ReaLLMConfig.from_dict(json.loads(meta["config"]))
-        tokenizer = Tokenizer(base64.b64decode(meta["tokenizer"]))
+        tokenizer = tokenizer_from_bytes(base64.b64decode(meta["tokenizer"]))
     except (KeyError, ValueError, TypeError) as exc:
         raise ModelError(f"corrupt reallm model file {path}: {exc}") from exc
     model = build_model(config)

@@ -32,8 +32,13 @@ class DecoderConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True  # output head shares the token embedding matrix
     dropout: float = 0.0  # on the inputs and each residual branch, in training only
+    # "llama": RMSNorm, SwiGLU, no biases. "whisper": LayerNorm, GELU MLP and biases, the layout of Whisper's
+    # decoder, so that its pretrained self-attention and MLP layers can be loaded (model/whisper_import.py).
+    style: str = "llama"
 
     def __post_init__(self) -> None:
+        if self.style not in ("llama", "whisper"):
+            raise ValueError(f"style must be 'llama' or 'whisper', got {self.style!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
@@ -106,14 +111,27 @@ class SwiGLU(nn.Module):
         return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
 
 
+class GeluMLP(nn.Module):
+    """Whisper's feed-forward block: Linear, GELU, Linear, with biases."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
+        bias = cfg.style == "whisper"  # Whisper: biases on q, v and out; none on k (softmax ignores it)
+        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=bias)
         self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=bias)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=bias)
 
     def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """(B, T, D) -> q (B, H, T, hd), k and v (B, Hkv, T, hd); q and k rotated."""
@@ -134,13 +152,17 @@ class Attention(nn.Module):
         return self.wo(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
+def make_norm(cfg: DecoderConfig) -> nn.Module:
+    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps) if cfg.style == "whisper" else RMSNorm(cfg.d_model, cfg.norm_eps)
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
-        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn_norm = make_norm(cfg)
         self.attn = Attention(cfg)
-        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.ffn = SwiGLU(cfg.d_model, cfg.ffn_hidden)
+        self.ffn_norm = make_norm(cfg)
+        self.ffn = GeluMLP(cfg.d_model, cfg.ffn_hidden) if cfg.style == "whisper" else SwiGLU(cfg.d_model, cfg.ffn_hidden)
 
 
 # ----------------------------------------------------------------------------------------------- cache
@@ -177,7 +199,7 @@ class LlamaDecoder(nn.Module):
         self.cfg = cfg
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.norm = make_norm(cfg)
         self.output = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.apply(self._init_weights)
         if cfg.tie_embeddings:

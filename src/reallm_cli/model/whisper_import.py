@@ -280,3 +280,55 @@ def convert_installed_whisper(name: str, out_path: str | Path, dtype: torch.dtyp
     cfg, sd = import_whisper_encoder(paths, None, source=f"whisper-{name}")
     save_whisper_encoder(out_path, cfg, sd, dtype=dtype, extra={"model.bin sha256": sha})
     return cfg
+
+
+def import_whisper_decoder(model_bin_paths: list[Path], keep_ids: list[int], blank_from: int, *,
+                           window: int = 512, dropout: float = 0.0):
+    """Whisper's decoder, without its cross-attention, as a whisper-style ``LlamaDecoder`` (config, state_dict).
+
+    The vocabulary is cut to ``keep_ids`` (Whisper token ids; ours are their indices); row 0 is BLANK,
+    initialised from Whisper token ``blank_from`` (e.g. <|endoftext|>), so ``keep_ids[0]`` is ignored.
+    Whisper's learned absolute positions (448 of them) are dropped for RoPE, which lets a stream run
+    forever in a sliding window; fine-tuning has to teach the layers the new position code.
+    """
+    from reallm_cli.model.decoder import DecoderConfig
+
+    spec, _revision, v = read_ct2_variables([Path(p) for p in model_bin_paths], prefix="decoder/")
+    if spec != "WhisperSpec":
+        raise ModelError(f"model.bin is a {spec!r}, not a Whisper model")
+    e = "decoder/"
+    emb = _dequantize(v, e + "embeddings/weight")  # (V, D)
+    vocab, d_model = emb.shape
+    bad = [i for i in [blank_from, *keep_ids[1:]] if not 0 <= i < vocab]
+    if bad:
+        raise ModelError(f"token ids outside Whisper's vocabulary of {vocab}: {bad[:5]}")
+    layer_ids = sorted({int(m.group(1)) for n in v if (m := re.match(r"decoder/layer_(\d+)/", n))})
+    if layer_ids != list(range(len(layer_ids))) or not layer_ids:
+        raise ModelError(f"model.bin decoder layers are not 0..n-1: {layer_ids}")
+    n_heads = int(v[e + "num_heads"])
+    ffn = v[e + "layer_0/ffn/linear_0/weight"].shape[0]
+    cfg = DecoderConfig(vocab_size=len(keep_ids), d_model=d_model, n_layers=len(layer_ids), n_heads=n_heads,
+                        n_kv_heads=n_heads, ffn_hidden=ffn, window=window, dropout=dropout, style="whisper")
+    rows = torch.tensor([blank_from, *keep_ids[1:]])
+    sd = {"tok_embeddings.weight": emb[rows].clone(), "output.weight": emb[rows].clone(),
+          "norm.weight": _dequantize(v, e + "layer_norm/gamma"), "norm.bias": _dequantize(v, e + "layer_norm/beta")}
+    for i in layer_ids:
+        src, dst = f"{e}layer_{i}/", f"layers.{i}."
+        q_w, k_w, v_w = _dequantize(v, src + "self_attention/linear_0/weight").split(d_model)
+        q_b, _k_b, v_b = _dequantize(v, src + "self_attention/linear_0/bias").split(d_model)
+        sd.update({
+            dst + "attn_norm.weight": _dequantize(v, src + "self_attention/layer_norm/gamma"),
+            dst + "attn_norm.bias": _dequantize(v, src + "self_attention/layer_norm/beta"),
+            dst + "attn.wq.weight": q_w, dst + "attn.wq.bias": q_b,
+            dst + "attn.wk.weight": k_w,
+            dst + "attn.wv.weight": v_w, dst + "attn.wv.bias": v_b,
+            dst + "attn.wo.weight": _dequantize(v, src + "self_attention/linear_1/weight"),
+            dst + "attn.wo.bias": _dequantize(v, src + "self_attention/linear_1/bias"),
+            dst + "ffn_norm.weight": _dequantize(v, src + "ffn/layer_norm/gamma"),
+            dst + "ffn_norm.bias": _dequantize(v, src + "ffn/layer_norm/beta"),
+            dst + "ffn.fc1.weight": _dequantize(v, src + "ffn/linear_0/weight"),
+            dst + "ffn.fc1.bias": _dequantize(v, src + "ffn/linear_0/bias"),
+            dst + "ffn.fc2.weight": _dequantize(v, src + "ffn/linear_1/weight"),
+            dst + "ffn.fc2.bias": _dequantize(v, src + "ffn/linear_1/bias"),
+        })
+    return cfg, {k: t.contiguous() for k, t in sd.items()}

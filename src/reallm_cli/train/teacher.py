@@ -26,7 +26,7 @@ from reallm_cli.align.alignment_file import AlignmentRecord, AlignmentReport, al
 from reallm_cli.align.ctc import AlignmentImpossibleError, ctc_forced_align_batch, ctc_greedy_decode, token_chunks_from_frames
 from reallm_cli.errors import ModelError
 from reallm_cli.text import normalize_text
-from reallm_cli.tokenizer import Tokenizer
+from reallm_cli.tokenizer import Tokenizer, tokenizer_from_bytes
 from reallm_cli.train.audio_data import NO_AUGMENT, AudioDataError, AudioDataset, AugmentConfig, Utterance, collate
 from reallm_cli.train.ctc_head import CTCHead, ctc_loss
 from reallm_cli.train.distributed import DistInfo
@@ -118,7 +118,7 @@ def load_teacher(path: str | Path) -> tuple[CTCTeacher, Tokenizer]:
         raise ModelError(f"not a reallm CTC teacher (make one with `reallm train teacher`): {path}")
     try:
         config = TeacherConfig(**json.loads(meta["config"]))
-        tokenizer = Tokenizer(base64.b64decode(meta["tokenizer"]))
+        tokenizer = tokenizer_from_bytes(base64.b64decode(meta["tokenizer"]))
         teacher = CTCTeacher(config)
         teacher.load_state_dict(load_file(str(path)))
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
