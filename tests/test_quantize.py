@@ -1,4 +1,4 @@
-"""Int8 encoder inference: only the encoder's linear layers change, its output stays close, the decoder is untouched."""
+"""Int8 inference: the encoder, the decoder layers and the output head are converted; outputs stay close."""
 
 import pytest
 import torch
@@ -18,18 +18,26 @@ def _linears(module: nn.Module) -> list[str]:
     return [n for n, m in module.named_modules() if type(m) is nn.Linear]
 
 
-def test_int8_converts_the_encoder_and_decoder_layers_but_not_the_output_head():
+def test_int8_converts_the_encoder_decoder_layers_and_a_copy_of_the_output_head():
     model = tiny_model(64).eval()
     n_enc, n_dec = len(_linears(model.encoder)), len(_linears(model.decoder.layers))
     projector_before = _linears(model.projector)
+    embedding = model.decoder.tok_embeddings.weight.detach().clone()
+    x = torch.randn(1, 3, model.decoder.d_model)
+    with torch.no_grad():
+        logits = model.decoder.output(x)
     assert n_enc > 0 and n_dec > 0
     apply_precision(model, "int8")
     assert _linears(model.encoder) == [] and _linears(model.decoder.layers) == []
     for part, n in ((model.encoder, n_enc), (model.decoder.layers, n_dec)):
         assert sum(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in part.modules()) == n
-    # the output head stays fp32 and still shares its weight with the token embedding
-    assert type(model.decoder.output) is nn.Linear
-    assert model.decoder.output.weight is model.decoder.tok_embeddings.weight
+    # the head is an int8 copy: close to the fp32 logits; the token embedding stays fp32 and unchanged
+    assert isinstance(model.decoder.output, torch.ao.nn.quantized.dynamic.Linear)
+    with torch.no_grad():
+        err = (model.decoder.output(x) - logits).abs().max().item()
+    assert 0 < err < 0.05 * logits.abs().max().item()
+    assert type(model.decoder.tok_embeddings) is nn.Embedding
+    assert torch.equal(model.decoder.tok_embeddings.weight, embedding)
     assert _linears(model.projector) == projector_before
 
 
