@@ -87,6 +87,7 @@ def main() -> None:
                     help="start the decoder from Whisper tiny.en's pretrained decoder (its BPE vocabulary, cut "
                          "to the tokens the text corpus uses; cross-attention dropped, RoPE for positions)")
     ap.add_argument("--reallm-lr", type=float, default=1e-3)
+    ap.add_argument("--emit-delay-chunks", type=int, default=0, help="write each token this many chunks late")
     ap.add_argument("--stages", default="features,tokenizer,lm,teacher,align,retokenize,reallm,export")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -251,7 +252,11 @@ def main() -> None:
         log(f"decoder initialised from Whisper tiny.en ({dec_cfg.n_layers} layers, {dec_cfg.vocab_size} tokens)")
     for p in model.encoder.parameters():
         p.requires_grad_(False)
-    chunk_lists = [alignments.get(i, []) for i in range(len(train_store))]
+    # --emit-delay-chunks d: each token is written d chunks after the teacher's chunk (capped at the last),
+    # so the decoder hears d more chunks before it commits; words appear d x 240 ms later.
+    last_chunk = [(u.n_frames - 1) // frames_per_chunk for u in train_store.items]
+    chunk_lists = [[min(c + args.emit_delay_chunks, last_chunk[i]) for c in alignments.get(i, [])]
+                   for i in range(len(train_store))]
 
     def reallm():
         def loss_fn(batch, gen):
