@@ -8,7 +8,8 @@ cd "$(dirname "$0")/../.."
 DATA=${1:-/work/data} WORK=${2:-/work/runs/default}
 ENCODER=${ENCODER:-/work/cache/whisper-base-encoder.safetensors}
 HOURS=${HOURS:-9.5} START=${START:-2} ADAPT_STEPS=${ADAPT_STEPS:-700}
-TEACHER_STEPS=${TEACHER_STEPS:-3000} REALLM_STEPS=${REALLM_STEPS:-3000} REALLM_LR=${REALLM_LR:-5e-4}
+TEACHER_STEPS=${TEACHER_STEPS:-3000} REALLM_STEPS=${REALLM_STEPS:-2000} REALLM_LR=${REALLM_LR:-5e-4}
+DROPOUT=${DROPOUT:-0.2}  # decoder dropout and dropout on the encoder frames, in ReaLLM training
 DECODER_INIT=${DECODER_INIT:-whisper-tiny.en}  # or "none": a decoder trained from nothing (SentencePiece 512)
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
 
@@ -29,5 +30,6 @@ stamp "tokenizers, CTC teacher, alignment, ReaLLM ($DECODER_INIT), export"
 python recipes/default/train.py --data "$DATA" --work "$WORK" --encoder "$WORK/encoder.safetensors" \
     --stages tokenizer,teacher,align,retokenize,reallm,export --teacher-steps "$TEACHER_STEPS" \
     --decoder-init "$DECODER_INIT" --reallm-steps "$REALLM_STEPS" --reallm-lr "$REALLM_LR" --lm-steps 0 \
+    --dropout "$DROPOUT" --feat-dropout "$DROPOUT" \
     --out "$WORK/model.safetensors"
 stamp done

@@ -165,7 +165,7 @@ def main() -> None:
 
     if args.lm_steps > 0:
         timed("lm", lm)
-    if not stages & {"teacher", "align", "reallm", "export"}:
+    if not stages & {"teacher", "align", "retokenize", "reallm", "export"}:
         return
     head = CTCHead(train_store.dim, tok.vocab_size)
 
