@@ -38,7 +38,12 @@ def test_config_is_the_streaming_whisper_setup_of_the_card():
     assert cfg.encoder_kind == "whisper"
     assert (cfg.encoder["chunk_ms"], cfg.encoder["lookahead_ms"]) == (240, 240)
     assert rec.options.lead_in_chunks == 2
-    assert rec.tokenizer.vocab_size == cfg.decoder.vocab_size == 512
+    # the decoder is Whisper tiny.en's (4 layers, d 384) on its BPE vocabulary cut to the corpus' tokens
+    assert (cfg.decoder.style, cfg.decoder.n_layers, cfg.decoder.d_model) == ("whisper", 4, 384)
+    assert type(rec.tokenizer).__name__ == "WhisperBPETokenizer"
+    assert rec.tokenizer.vocab_size == cfg.decoder.vocab_size == 13043
+    assert rec.tokenizer.decode(rec.tokenizer.encode("ask not what your country can do")).strip() == \
+        "ask not what your country can do"
 
 
 def transcribe(*paths, options=()) -> list[str]:

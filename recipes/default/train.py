@@ -1,8 +1,14 @@
-"""Train the embedded default model: frozen chunk-causal Whisper base encoder + Speech ReaLLM decoder.
+"""Train the embedded default model: chunk-causal Whisper base encoder + Speech ReaLLM decoder.
+
+With ``--decoder-init whisper-tiny.en`` (what run.sh uses) the decoder starts from Whisper tiny.en's
+pretrained decoder, as the paper fine-tunes a pre-trained Llama: its self-attention and MLP layers and
+its token embeddings, on Whisper's BPE vocabulary cut to the tokens of the text corpus. The CTC teacher
+stays on a small SentencePiece vocabulary; its alignment is moved onto the BPE tokens (``retokenize``).
 
 Stages (each skipped when its output exists, each resumable after a kill):
   features  encode every training/held-out utterance once with the frozen streaming encoder
-  tokenizer SentencePiece on the decoder's text corpus (see lm_texts), with BLANK reserved
+  tokenizer SentencePiece on the decoder's text corpus (see lm_texts), with BLANK reserved; with
+            --decoder-init, also the Whisper BPE subset (bpe_tokenizer.bin)
   lm        (with --lm-steps N) the decoder warm-started as a language model on text alone (train/text_lm.py):
             the training transcripts, every LJ Speech sentence not held out, and the generated short texts
   teacher   CTC head on the cached frames (the alignment teacher)
@@ -87,7 +93,8 @@ def main() -> None:
                     help="start the decoder from Whisper tiny.en's pretrained decoder (its BPE vocabulary, cut "
                          "to the tokens the text corpus uses; cross-attention dropped, RoPE for positions)")
     ap.add_argument("--reallm-lr", type=float, default=1e-3)
-    ap.add_argument("--emit-delay-chunks", type=int, default=0, help="write each token this many chunks late")
+    ap.add_argument("--emit-delay-chunks", type=int, default=0,
+                    help="write each token this many chunks late (experimental: the engine does not shift word times back)")
     ap.add_argument("--stages", default="features,tokenizer,lm,teacher,align,retokenize,reallm,export")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
