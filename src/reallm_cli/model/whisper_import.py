@@ -1,4 +1,4 @@
-"""Read Whisper's encoder out of a CTranslate2 ``model.bin`` (our own parser; CTranslate2 is not needed).
+"""Read Whisper's encoder and decoder layers out of a CTranslate2 ``model.bin`` (our own parser, no CTranslate2).
 
 Layout of ``model.bin`` (binary version 6, little endian), as written by CTranslate2's model spec:
 
@@ -176,6 +176,41 @@ def _dequantize(vars_: dict[str, np.ndarray], name: str) -> torch.Tensor:
     return torch.from_numpy(a.astype(np.float32))
 
 
+# What our modules call the parts of one pre-norm Whisper layer (self-attention, then MLP).
+_ENCODER_NAMES = {"attn_ln": "attn_ln", "q": "attn.query", "k": "attn.key", "v": "attn.value", "out": "attn.out",
+                  "mlp_ln": "mlp_ln", "fc1": "mlp.0", "fc2": "mlp.2"}
+_DECODER_NAMES = {"attn_ln": "attn_norm", "q": "attn.wq", "k": "attn.wk", "v": "attn.wv", "out": "attn.wo",
+                  "mlp_ln": "ffn_norm", "fc1": "ffn.fc1", "fc2": "ffn.fc2"}
+
+
+def _layer_weights(v: dict[str, np.ndarray], src: str, dst: str, d_model: int,
+                   names: dict[str, str]) -> dict[str, torch.Tensor]:
+    """One CTranslate2 layer ``src`` (its self-attention and MLP; a decoder's cross-attention is not read)
+    -> our state-dict entries under ``dst`` + ``names``; the fused q|k|v projection is split."""
+    qkv_w = _dequantize(v, src + "self_attention/linear_0/weight")  # (3D, D): rows q | k | v
+    qkv_b = _dequantize(v, src + "self_attention/linear_0/bias")  # (3D,)
+    if qkv_w.shape != (3 * d_model, d_model):
+        raise ModelError(f"{src}: fused qkv weight has shape {tuple(qkv_w.shape)}")
+    q_w, k_w, v_w = qkv_w.split(d_model)
+    q_b, _k_b, v_b = qkv_b.split(d_model)  # a key bias shifts every logit of a query equally: dropped
+    n = {role: dst + name for role, name in names.items()}
+    return {
+        n["attn_ln"] + ".weight": _dequantize(v, src + "self_attention/layer_norm/gamma"),
+        n["attn_ln"] + ".bias": _dequantize(v, src + "self_attention/layer_norm/beta"),
+        n["q"] + ".weight": q_w, n["q"] + ".bias": q_b,
+        n["k"] + ".weight": k_w,
+        n["v"] + ".weight": v_w, n["v"] + ".bias": v_b,
+        n["out"] + ".weight": _dequantize(v, src + "self_attention/linear_1/weight"),
+        n["out"] + ".bias": _dequantize(v, src + "self_attention/linear_1/bias"),
+        n["mlp_ln"] + ".weight": _dequantize(v, src + "ffn/layer_norm/gamma"),
+        n["mlp_ln"] + ".bias": _dequantize(v, src + "ffn/layer_norm/beta"),
+        n["fc1"] + ".weight": _dequantize(v, src + "ffn/linear_0/weight"),
+        n["fc1"] + ".bias": _dequantize(v, src + "ffn/linear_0/bias"),
+        n["fc2"] + ".weight": _dequantize(v, src + "ffn/linear_1/weight"),
+        n["fc2"] + ".bias": _dequantize(v, src + "ffn/linear_1/bias"),
+    }
+
+
 def sha256_of(paths: list[Path]) -> str:
     """SHA-256 of the parts concatenated (= of the whole model.bin)."""
     h = hashlib.sha256()
@@ -229,28 +264,7 @@ def import_whisper_encoder(model_bin_paths: list[Path], expected_sha256: str | N
         "ln_post.bias": _dequantize(v, e + "layer_norm/beta"),
     }
     for i in layer_ids:
-        src, dst = f"{e}layer_{i}/", f"blocks.{i}."
-        qkv_w = _dequantize(v, src + "self_attention/linear_0/weight")  # (3D, D): rows q | k | v
-        qkv_b = _dequantize(v, src + "self_attention/linear_0/bias")  # (3D,)
-        if qkv_w.shape != (3 * d_model, d_model):
-            raise ModelError(f"layer {i}: fused qkv weight has shape {tuple(qkv_w.shape)}")
-        q_w, k_w, v_w = qkv_w.split(d_model)
-        q_b, _k_b, v_b = qkv_b.split(d_model)  # a key bias shifts every logit of a query equally: dropped
-        sd.update({
-            dst + "attn_ln.weight": _dequantize(v, src + "self_attention/layer_norm/gamma"),
-            dst + "attn_ln.bias": _dequantize(v, src + "self_attention/layer_norm/beta"),
-            dst + "attn.query.weight": q_w, dst + "attn.query.bias": q_b,
-            dst + "attn.key.weight": k_w,
-            dst + "attn.value.weight": v_w, dst + "attn.value.bias": v_b,
-            dst + "attn.out.weight": _dequantize(v, src + "self_attention/linear_1/weight"),
-            dst + "attn.out.bias": _dequantize(v, src + "self_attention/linear_1/bias"),
-            dst + "mlp_ln.weight": _dequantize(v, src + "ffn/layer_norm/gamma"),
-            dst + "mlp_ln.bias": _dequantize(v, src + "ffn/layer_norm/beta"),
-            dst + "mlp.0.weight": _dequantize(v, src + "ffn/linear_0/weight"),
-            dst + "mlp.0.bias": _dequantize(v, src + "ffn/linear_0/bias"),
-            dst + "mlp.2.weight": _dequantize(v, src + "ffn/linear_1/weight"),
-            dst + "mlp.2.bias": _dequantize(v, src + "ffn/linear_1/bias"),
-        })
+        sd.update(_layer_weights(v, f"{e}layer_{i}/", f"blocks.{i}.", d_model, _ENCODER_NAMES))
     return cfg, {k: t.contiguous() for k, t in sd.items()}
 
 
@@ -313,22 +327,5 @@ def import_whisper_decoder(model_bin_paths: list[Path], keep_ids: list[int], bla
     sd = {"tok_embeddings.weight": emb[rows].clone(), "output.weight": emb[rows].clone(),
           "norm.weight": _dequantize(v, e + "layer_norm/gamma"), "norm.bias": _dequantize(v, e + "layer_norm/beta")}
     for i in layer_ids:
-        src, dst = f"{e}layer_{i}/", f"layers.{i}."
-        q_w, k_w, v_w = _dequantize(v, src + "self_attention/linear_0/weight").split(d_model)
-        q_b, _k_b, v_b = _dequantize(v, src + "self_attention/linear_0/bias").split(d_model)
-        sd.update({
-            dst + "attn_norm.weight": _dequantize(v, src + "self_attention/layer_norm/gamma"),
-            dst + "attn_norm.bias": _dequantize(v, src + "self_attention/layer_norm/beta"),
-            dst + "attn.wq.weight": q_w, dst + "attn.wq.bias": q_b,
-            dst + "attn.wk.weight": k_w,
-            dst + "attn.wv.weight": v_w, dst + "attn.wv.bias": v_b,
-            dst + "attn.wo.weight": _dequantize(v, src + "self_attention/linear_1/weight"),
-            dst + "attn.wo.bias": _dequantize(v, src + "self_attention/linear_1/bias"),
-            dst + "ffn_norm.weight": _dequantize(v, src + "ffn/layer_norm/gamma"),
-            dst + "ffn_norm.bias": _dequantize(v, src + "ffn/layer_norm/beta"),
-            dst + "ffn.fc1.weight": _dequantize(v, src + "ffn/linear_0/weight"),
-            dst + "ffn.fc1.bias": _dequantize(v, src + "ffn/linear_0/bias"),
-            dst + "ffn.fc2.weight": _dequantize(v, src + "ffn/linear_1/weight"),
-            dst + "ffn.fc2.bias": _dequantize(v, src + "ffn/linear_1/bias"),
-        })
+        sd.update(_layer_weights(v, f"{e}layer_{i}/", f"layers.{i}.", d_model, _DECODER_NAMES))
     return cfg, {k: t.contiguous() for k, t in sd.items()}
