@@ -109,3 +109,26 @@ def test_recognizer_takes_the_lead_in_from_the_model_config(recognizer):
     finally:
         model.config = saved
     assert Recognizer(model, recognizer.tokenizer).options.lead_in_chunks == 0
+
+
+def test_a_late_writing_model_gets_trailing_silence_and_earlier_word_times(recognizer):
+    """emit_delay_chunks = d: d chunks of silence are decoded after the audio, and a word written after
+    chunk c is dated d chunks earlier, though it is shown (emit_s) when it is written."""
+    d = 1
+    rec = Recognizer(recognizer.model, recognizer.tokenizer, DecodeOptions(max_tokens_per_chunk=3, emit_delay_chunks=d))
+    audio = synthetic_audio(3.0, seed=5)
+    chunk = int(recognizer.model.chunk_ms * 16)  # samples
+    padded = np.concatenate([audio, np.zeros(d * chunk, np.float32)])
+    expected = offline_greedy(rec.model, rec.tokenizer, padded, 3)
+    assert expected, "the model emitted nothing; the test would prove nothing"
+    words, tokens = run(rec, audio, [2400] * 30)
+    assert tokens == expected  # the audio plus d chunks of silence, decoded as one stream
+    assert all(0 <= w.start_s < w.end_s <= w.emit_s for w in words)
+    # the same pending word (first chunk 4, last chunk 6) finished by both: dated one chunk earlier, shown as late
+    from reallm_cli.engine import _PendingWord
+
+    late = rec.session()._finish_word(_PendingWord([1], 4, 6))
+    plain = recognizer.session()._finish_word(_PendingWord([1], 4, 6))
+    chunk_s = recognizer.model.chunk_ms / 1000
+    assert (late.start_s, late.end_s) == (round(plain.start_s - chunk_s, 3), round(plain.end_s - chunk_s, 3))
+    assert late.emit_s == plain.emit_s

@@ -25,6 +25,7 @@ class DecodeOptions:
     max_tokens_per_chunk: int = 10  # a decoder that loops is cut off after this many pieces per chunk
     finalize_after_chunks: int = 2  # a word with no continuation for this many chunks becomes final
     lead_in_chunks: int = 0  # chunks of silence decoded before the stream's audio (times exclude them)
+    emit_delay_chunks: int = 0  # the model writes a word this many chunks after it was heard (see ReaLLMConfig)
 
 
 @dataclass
@@ -99,8 +100,15 @@ class Session:
             return Event(audio_s=self.audio_s)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            mel = self._mel.flush()
+            # a model that writes words late needs that many chunks after the audio to write the last ones
+            tail = np.zeros(round(self._opts.emit_delay_chunks * self._chunk_s * SAMPLE_RATE), np.float32)
             parts = []
+            if tail.size:
+                mel = self._mel.push(tail)
+                if mel.shape[0]:
+                    f, self._enc_state = self._model.encoder.step(mel[None], self._enc_state)
+                    parts.append(f)
+            mel = self._mel.flush()
             if mel.shape[0]:
                 f, self._enc_state = self._model.encoder.step(mel[None], self._enc_state)
                 parts.append(f)
@@ -173,12 +181,15 @@ class Session:
         # The word's whole text is on screen (as partial) once the chunk of its last piece is decoded,
         # which needs audio up to that chunk's end plus the encoder's look-ahead.
         # (a word in the lead-in's last chunk, heard through the look-ahead, starts at 0)
-        end_s = max(w.last_chunk + 1 - self._lead, 1) * self._chunk_s
+        # A model that writes words d chunks late heard them d chunks before the chunk they are written in.
+        d = self._opts.emit_delay_chunks
+        shown_s = (w.last_chunk + 1 - self._lead) * self._chunk_s + self._delay_s
+        end_s = max(w.last_chunk + 1 - self._lead - d, 1) * self._chunk_s
         return Word(
             text=self._tok.decode(w.pieces).strip(),
-            start_s=round(max(w.first_chunk - self._lead, 0) * self._chunk_s, 3),
+            start_s=round(max(w.first_chunk - self._lead - d, 0) * self._chunk_s, 3),
             end_s=round(end_s, 3),
-            emit_s=round(end_s + self._delay_s, 3),
+            emit_s=round(max(shown_s, end_s + self._delay_s), 3),
         )
 
 
@@ -192,7 +203,8 @@ class Recognizer:
         self.tokenizer = tokenizer
         cfg = model.config
         self.options = options or DecodeOptions(max_tokens_per_chunk=cfg.max_tokens_per_chunk,
-                                                lead_in_chunks=cfg.lead_in_ms // model.chunk_ms)
+                                                lead_in_chunks=cfg.lead_in_ms // model.chunk_ms,
+                                                emit_delay_chunks=cfg.emit_delay_chunks)
 
     @classmethod
     def load(cls, model: str | Path | None = None, precision: str = "fp32", **option_overrides) -> "Recognizer":

@@ -26,6 +26,10 @@ class ReaLLMConfig:
     # Silence the engine feeds before each stream's audio (a multiple of the chunk): a model whose training
     # utterances all began with a pause misses a word spoken in the very first chunk without it.
     lead_in_ms: int = 0
+    # A model trained to write each token this many chunks after its teacher chunk (train.py
+    # --emit-delay-chunks): the engine dates words that much earlier and decodes as many chunks of
+    # silence after a stream's end, so that the last word still comes out.
+    emit_delay_chunks: int = 0
 
     def to_dict(self) -> dict:
         return {
@@ -34,6 +38,7 @@ class ReaLLMConfig:
             "decoder": asdict(self.decoder),
             "max_tokens_per_chunk": self.max_tokens_per_chunk,
             "lead_in_ms": self.lead_in_ms,
+            "emit_delay_chunks": self.emit_delay_chunks,
         }
 
     @classmethod
@@ -44,6 +49,7 @@ class ReaLLMConfig:
             decoder=DecoderConfig(**d["decoder"]),
             max_tokens_per_chunk=int(d.get("max_tokens_per_chunk", 10)),
             lead_in_ms=int(d.get("lead_in_ms", 0)),
+            emit_delay_chunks=int(d.get("emit_delay_chunks", 0)),
         )
 
 
