@@ -10,6 +10,7 @@ ENCODER=${ENCODER:-/work/cache/whisper-base-encoder.safetensors}
 HOURS=${HOURS:-9.5} START=${START:-2} ADAPT_STEPS=${ADAPT_STEPS:-700}
 TEACHER_STEPS=${TEACHER_STEPS:-3000} REALLM_STEPS=${REALLM_STEPS:-2000} REALLM_LR=${REALLM_LR:-5e-4}
 DROPOUT=${DROPOUT:-0.2}  # decoder dropout and dropout on the encoder frames, in ReaLLM training
+EMIT_DELAY=${EMIT_DELAY:-1}  # chunks the decoder waits before writing a word: 0 is 240 ms sooner, less accurate
 DECODER_INIT=${DECODER_INIT:-whisper-tiny.en}  # or "none": a decoder trained from nothing (SentencePiece 512)
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
 
@@ -30,6 +31,6 @@ stamp "tokenizers, CTC teacher, alignment, ReaLLM ($DECODER_INIT), export"
 python recipes/default/train.py --data "$DATA" --work "$WORK" --encoder "$WORK/encoder.safetensors" \
     --stages tokenizer,teacher,align,retokenize,reallm,export --teacher-steps "$TEACHER_STEPS" \
     --decoder-init "$DECODER_INIT" --reallm-steps "$REALLM_STEPS" --reallm-lr "$REALLM_LR" --lm-steps 0 \
-    --dropout "$DROPOUT" --feat-dropout "$DROPOUT" \
+    --dropout "$DROPOUT" --feat-dropout "$DROPOUT" --emit-delay-chunks "$EMIT_DELAY" \
     --out "$WORK/model.safetensors"
 stamp done
