@@ -48,7 +48,7 @@ _BUILTIN = (
     ModelInfo(
         name=DEFAULT_MODEL,
         filename="reallm-default.safetensors",
-        description="English; Whisper base encoder made chunk-causal + Speech ReaLLM decoder",
+        description="English; Whisper base encoder made chunk-causal + Whisper tiny.en decoder as Speech ReaLLM decoder",
         license="MIT",
         embedded=True,
     ),

@@ -1,7 +1,9 @@
-"""The Speech ReaLLM decoder: a small Llama-style transformer that reads input EMBEDDINGS.
+"""The Speech ReaLLM decoder: a small decoder-only transformer that reads input EMBEDDINGS.
 
 The caller interleaves speech embeddings with word-piece embeddings (see ``model.interleave``), so the
-decoder takes (B, L, D) vectors rather than token ids; ``embed`` turns ids into such vectors.
+decoder takes (B, L, D) vectors rather than token ids; ``embed`` turns ids into such vectors. Two layer
+layouts: Llama's (RMSNorm, SwiGLU, no biases) and Whisper's decoder's (LayerNorm, GELU, biases), so that
+Whisper's pretrained decoder layers can be loaded (``DecoderConfig.style``).
 
 Attention is causal and limited to a sliding window of ``window`` positions, in training and streaming
 alike, so a stream of any length runs with a fixed-size ring KV cache (``KVCache``) and bounded cost per
