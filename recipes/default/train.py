@@ -135,10 +135,11 @@ def main() -> None:
 
     def tokenizer():
         # the decoder's whole text corpus (a superset of the transcripts): pieces fit the text it will read
-        tok_path.write_bytes(train_tokenizer(lm_texts(args.data), args.vocab).model_proto)
+        texts = lm_texts(args.data)
+        tok_path.write_bytes(train_tokenizer(texts, args.vocab).model_proto)
         if pretrained:
             tokenizer_json = (find_installed_whisper("tiny.en")[0].parent / "tokenizer.json").read_text()
-            bpe_path.write_bytes(whisper_bpe_subset(tokenizer_json, lm_texts(args.data)).model_proto)
+            bpe_path.write_bytes(whisper_bpe_subset(tokenizer_json, texts).model_proto)
 
     timed("tokenizer", tokenizer)
     tok = Tokenizer.load(tok_path)
@@ -218,17 +219,17 @@ def main() -> None:
 
     timed("align", align)
     # The decoder's tokenizer: the teacher's SentencePiece, or Whisper's BPE with the alignment moved onto it.
-    dec_tok, dec_align_path = tok, align_path
+    dec_tok, dec_align_path, dec_token_lists = tok, align_path, token_lists
     if pretrained:
         dec_tok, dec_align_path = tokenizer_from_bytes(bpe_path.read_bytes()), work / "alignments_bpe.jsonl"
+        dec_token_lists = [dec_tok.encode(u.text) for u in train_store.items]
 
     def retokenize():
         n_fail = 0
         with open(dec_align_path, "w") as f:
             for r in map(json.loads, align_path.read_text().splitlines()):
-                text = train_store.items[r["i"]].text
                 src = sentencepiece_bytes([tok.piece(t) for t in token_lists[r["i"]]])
-                dst = byte_level_bytes([dec_tok.piece(t) for t in dec_tok.encode(text)])
+                dst = byte_level_bytes([dec_tok.piece(t) for t in dec_token_lists[r["i"]]])
                 try:
                     chunks = transfer_chunks(src, r["chunks"], dst)
                 except ValueError:
@@ -241,7 +242,6 @@ def main() -> None:
         timed("retokenize", retokenize)
     if not stages & {"reallm", "export"}:
         return
-    dec_token_lists = [dec_tok.encode(u.text) for u in train_store.items] if pretrained else token_lists
     by_id = {r["id"]: r["chunks"] for r in map(json.loads, dec_align_path.read_text().splitlines())}
     alignments = {i: by_id[u.id] for i, u in enumerate(train_store.items) if u.id in by_id}
     aligned = sorted(alignments)

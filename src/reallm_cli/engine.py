@@ -66,13 +66,21 @@ class Session:
     def _lead_in(self) -> None:
         """Decode ``lead_in_chunks`` of digital silence; whatever the decoder says there is dropped."""
         t0 = time.perf_counter()
-        silence = np.zeros(round(self._lead * self._chunk_s * SAMPLE_RATE), np.float32)
         with torch.inference_mode():
-            frames, self._enc_state = self._model.encoder.step(self._mel.push(silence)[None], self._enc_state)
-            self._consume(frames, last=False)
+            self._consume(self._encode(self._mel.push(self._silence(self._lead))), last=False)
         self._word = None
         self.tokens.clear()
         self.compute_s += time.perf_counter() - t0
+
+    def _silence(self, n_chunks: int) -> np.ndarray:
+        return np.zeros(round(n_chunks * self._chunk_s * SAMPLE_RATE), np.float32)
+
+    def _encode(self, mel: torch.Tensor) -> torch.Tensor:
+        """Log-mel frames (t, n_mels) through the streaming encoder -> its new frames (empty when t == 0)."""
+        if not mel.shape[0]:
+            return torch.empty(0)
+        frames, self._enc_state = self._model.encoder.step(mel[None], self._enc_state)
+        return frames
 
     @property
     def audio_s(self) -> float:
@@ -86,11 +94,7 @@ class Session:
         t0 = time.perf_counter()
         self._samples_in += audio.shape[0]
         with torch.inference_mode():
-            mel = self._mel.push(audio)  # (t, 80)
-            frames = torch.empty(0)
-            if mel.shape[0]:
-                frames, self._enc_state = self._model.encoder.step(mel[None], self._enc_state)
-            final = self._consume(frames, last=False)
+            final = self._consume(self._encode(self._mel.push(audio)), last=False)
         self.compute_s += time.perf_counter() - t0
         return Event(final=tuple(final), partial=self.partial_text, audio_s=self.audio_s)
 
@@ -101,17 +105,8 @@ class Session:
         t0 = time.perf_counter()
         with torch.inference_mode():
             # a model that writes words late needs that many chunks after the audio to write the last ones
-            tail = np.zeros(round(self._opts.emit_delay_chunks * self._chunk_s * SAMPLE_RATE), np.float32)
-            parts = []
-            if tail.size:
-                mel = self._mel.push(tail)
-                if mel.shape[0]:
-                    f, self._enc_state = self._model.encoder.step(mel[None], self._enc_state)
-                    parts.append(f)
-            mel = self._mel.flush()
-            if mel.shape[0]:
-                f, self._enc_state = self._model.encoder.step(mel[None], self._enc_state)
-                parts.append(f)
+            parts = [self._encode(self._mel.push(self._silence(self._opts.emit_delay_chunks))),
+                     self._encode(self._mel.flush())]
             f, self._enc_state = self._model.encoder.flush(self._enc_state)
             parts.append(f)
             final = self._consume(torch.cat([p.reshape(1, -1, self._model.encoder.out_dim) for p in parts], 1), last=True)

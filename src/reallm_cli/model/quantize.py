@@ -70,5 +70,5 @@ def apply_precision(model: nn.Module, precision: str) -> nn.Module:
         dec = model.decoder
         head = nn.Linear(dec.d_model, dec.cfg.vocab_size, bias=False)
         head.weight = nn.Parameter(dec.output.weight.detach().clone(), requires_grad=False)
-        dec.output = quantize_linear_int8(nn.Sequential(head))[0]
+        dec.output = quantize_linear_int8(nn.Sequential(head))[0]  # quantize_dynamic swaps children, not the root
     return model
