@@ -203,3 +203,32 @@ def test_recipe_plan_is_deterministic_and_holds_out_text_and_voice(tmp_path):
     assert {j["voice"] for j in train_a} == set(md.VOICE_SHARE)
     # digits are spoken as the words of the label
     assert md.tts_input("Call 911") == "Call nine hundred eleven."
+
+
+def test_recipe_plan_grows_without_changing_what_was_made(tmp_path):
+    """A larger --hours adds utterances; every one a smaller run made keeps its id (text and voice)."""
+    if not LJ.exists():
+        pytest.skip(f"{LJ} absent (shared data not mounted)")
+    md = _recipe()
+    _, small = md.make_plan(tmp_path, hours=0.5, real_s=0.0)
+    _, large = md.make_plan(tmp_path, hours=1.0, real_s=0.0)
+    assert len(large) > len(small)
+    assert {j["id"] for j in small} <= {j["id"] for j in large}
+    # real copies take their share out of the synthetic budget
+    _, with_real = md.make_plan(tmp_path, hours=1.0, real_s=600.0, real_copies=4)
+    assert len(with_real) < len(large)
+
+
+def test_recipe_real_copies(tmp_path):
+    import json
+
+    md = _recipe()
+    (tmp_path / "real").mkdir()
+    rec = {"file": "a/19-198-0001.flac", "path": "/x/19-198-0001.flac", "raw_text": " Hello there.",
+           "avg_logprob": -0.2, "no_speech_prob": 0.01, "settings": {}}
+    unsure = dict(rec, file="a/19-198-0002.flac", avg_logprob=-1.5)
+    (tmp_path / "real" / md.RAW_LABELS_NAME).write_text(json.dumps(rec) + "\n" + json.dumps(unsure) + "\n")
+    jobs = md.real_jobs(tmp_path, copies=3)
+    assert [j["id"] for j in jobs] == ["real_19-198-0001"] + [f"real_19-198-0001_aug{c}" for c in range(3)]
+    assert jobs[0]["aug"] == "none" and jobs[0]["audio"] == rec["path"]
+    assert {j["raw_text"] for j in jobs} == {rec["raw_text"]}

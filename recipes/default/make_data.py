@@ -46,7 +46,7 @@ WHISPER_DIR = Path("/work/cache/whisper-base-ct2")
 PLAN_SEED = 20240614
 N_HELDOUT_TEXT = 150
 HELDOUT_VOICE = "flite-slt"
-N_REAL_AUG_COPIES = 2
+REAL_AUG_COPIES = 2  # default number of augmented copies of each real utterance
 # pseudo-labels this unsure are dropped rather than taught
 MIN_AVG_LOGPROB = -1.0
 MAX_NO_SPEECH_PROB = 0.6
@@ -199,7 +199,7 @@ def estimate_s(raw: str) -> float:
 # plan
 
 
-def make_plan(out: Path, hours: float, real_s: float) -> tuple[list[dict], list[dict]]:
+def make_plan(out: Path, hours: float, real_s: float, real_copies: int = REAL_AUG_COPIES) -> tuple[list[dict], list[dict]]:
     """Every utterance to produce, in production order: held-out sets, real copies, then shuffled synthetic."""
     lj_train, lj_held = split_lj(read_lj())
     train_voices = [v for v in VOICE_SHARE]
@@ -213,7 +213,7 @@ def make_plan(out: Path, hours: float, real_s: float) -> tuple[list[dict], list[
     for k, (tid, raw) in enumerate(lj_held[50:]):
         jobs.append(dict(id=f"ht_{tid}", split="heldout_text", raw_text=raw, voice=natural[k % len(natural)],
                          aug="pad"))
-    synth_s = max(hours * 3600.0 - real_s * (1 + N_REAL_AUG_COPIES), 0.0)
+    synth_s = max(hours * 3600.0 - real_s * (1 + real_copies), 0.0)
     rng = random.Random(PLAN_SEED + 1)
     shorts = short_texts(20000, rng)
     lj = list(lj_train)
@@ -246,8 +246,8 @@ def make_plan(out: Path, hours: float, real_s: float) -> tuple[list[dict], list[
     return jobs, synth_jobs
 
 
-def real_jobs(out: Path) -> list[dict]:
-    """Original real utterances (used in place) and N_REAL_AUG_COPIES augmented copies of each."""
+def real_jobs(out: Path, copies: int = REAL_AUG_COPIES) -> list[dict]:
+    """Original real utterances (used in place) and ``copies`` augmented copies of each."""
     raw_path = out / "real" / RAW_LABELS_NAME
     if not raw_path.exists():
         return []
@@ -261,7 +261,7 @@ def real_jobs(out: Path) -> list[dict]:
         base = dict(split="real", raw_text=rec["raw_text"], voice="real:librispeech-pseudo", src=rec["path"],
                     label_settings=rec["settings"], avg_logprob=rec["avg_logprob"])
         jobs.append(dict(base, id=f"real_{stem}", audio=rec["path"], aug="none"))
-        for c in range(N_REAL_AUG_COPIES):
+        for c in range(copies):
             jobs.append(dict(base, id=f"real_{stem}_aug{c}", audio=str(out / "real" / "aug" / f"{stem}_aug{c}.flac"),
                              aug="auto"))
     return jobs
@@ -401,7 +401,8 @@ def write_readme(out: Path, lines: dict[str, dict], args: argparse.Namespace, el
     md = [
         "# reallm default-model data",
         "",
-        f"Made by `python recipes/default/make_data.py --out {out} --hours {args.hours} --jobs {args.jobs}` "
+        f"Made by `python recipes/default/make_data.py --out {out} --hours {args.hours} --real-copies {args.real_copies} "
+        f"--jobs {args.jobs}` "
         f"(wall clock of the last run: {elapsed_s / 60:.1f} min). Deterministic: every choice is seeded by the "
         "utterance id; existing files are skipped on reruns.",
         "",
@@ -417,7 +418,7 @@ def write_readme(out: Path, lines: dict[str, dict], args: argparse.Namespace, el
         "texts (digits, digit strings, numbers, dates, times, money, greetings, templated conversation, speech "
         "lines) and the rest LJ Speech sentences (minus 150 held out). Real: LibriSpeech utterances from "
         "shared/data/unlabeled-real, labelled by Whisper base (see real/LABELLING.md), each used as is plus "
-        f"{N_REAL_AUG_COPIES} augmented copies.",
+        f"{args.real_copies} augmented copies.",
         "",
         f"Held-out voice: `{HELDOUT_VOICE}` (never in training). Held-out text: 150 LJ sentences chosen with seed "
         f"{PLAN_SEED} (never in training); heldout_voice uses the first 100, heldout_text the last 100 with "
@@ -467,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Make reallm's default-model training data.")
     ap.add_argument("--out", type=Path, default=Path("/work/data"))
     ap.add_argument("--hours", type=float, default=8.0, help="total training hours (synthetic + real copies)")
+    ap.add_argument("--real-copies", type=int, default=REAL_AUG_COPIES,
+                    help="augmented copies of each pseudo-labelled real utterance (besides the original)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--skip-pseudo-label", action="store_true", help="use existing labels only")
     ap.add_argument("--plan-only", action="store_true")
@@ -489,12 +492,12 @@ def main(argv: list[str] | None = None) -> int:
         say("pseudo-labelling unlabeled-real (resumes if partly done)")
         label_directory(UNLABELED_DIR, assemble_model_dir(WHISPER_DIR), out / "real", cpu_threads=args.jobs)
         write_labelling_md(out)
-    rjobs = real_jobs(out)
+    rjobs = real_jobs(out, args.real_copies)
     real_s = sum(sf.info(j["src"]).duration for j in rjobs if j["aug"] == "none")
-    held_jobs, synth_jobs = make_plan(out, args.hours, real_s)
+    held_jobs, synth_jobs = make_plan(out, args.hours, real_s, args.real_copies)
     all_jobs = held_jobs + rjobs + synth_jobs
     plan_s = sum(estimate_s(j["raw_text"]) for j in synth_jobs)
-    say(f"plan: {len(held_jobs)} held-out, {len(rjobs)} real ({real_s / 60:.1f} min x {1 + N_REAL_AUG_COPIES}), "
+    say(f"plan: {len(held_jobs)} held-out, {len(rjobs)} real ({real_s / 60:.1f} min x {1 + args.real_copies}), "
         f"{len(synth_jobs)} synthetic (~{plan_s / 3600:.2f} h est.)")
     if args.plan_only:
         for v, c in sorted(Counter(j["voice"] for j in synth_jobs).items()):
