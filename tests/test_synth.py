@@ -184,10 +184,16 @@ def _recipe():
     return mod
 
 
-def test_recipe_plan_is_deterministic_and_holds_out_text_and_voice(tmp_path):
+@pytest.fixture
+def planner():
+    """The recipe module, for tests of its plan (which reads the shared LJ Speech sentences)."""
     if not LJ.exists():
         pytest.skip(f"{LJ} absent (shared data not mounted)")
-    md = _recipe()
+    return _recipe()
+
+
+def test_recipe_plan_is_deterministic_and_holds_out_text_and_voice(tmp_path, planner):
+    md = planner
     held_a, train_a = md.make_plan(tmp_path, hours=1.0, real_s=0.0)
     held_b, train_b = md.make_plan(tmp_path, hours=1.0, real_s=0.0)
     assert held_a == held_b and train_a == train_b
@@ -205,11 +211,9 @@ def test_recipe_plan_is_deterministic_and_holds_out_text_and_voice(tmp_path):
     assert md.tts_input("Call 911") == "Call nine hundred eleven."
 
 
-def test_recipe_plan_grows_without_changing_what_was_made(tmp_path):
+def test_recipe_plan_grows_without_changing_what_was_made(tmp_path, planner):
     """A larger --hours adds utterances; every one a smaller run made keeps its id (text and voice)."""
-    if not LJ.exists():
-        pytest.skip(f"{LJ} absent (shared data not mounted)")
-    md = _recipe()
+    md = planner
     _, small = md.make_plan(tmp_path, hours=0.5, real_s=0.0)
     _, large = md.make_plan(tmp_path, hours=1.0, real_s=0.0)
     assert len(large) > len(small)
