@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The default model's whole recipe, one stage after another (about 1 h 30 min on 2 CPU cores):
+# The default model's whole recipe, one stage after another (2.5-3 h on 2 CPU cores, from the stage times):
 #   nohup recipes/default/run.sh [DATA] [WORK] > run.log 2>&1 &
 # Every stage skips what it already finished, so after a kill the same command resumes.
 # The model lands in WORK/model.safetensors; recipes/default/evaluate.sh measures it.
@@ -7,15 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${1:-/work/data} WORK=${2:-/work/runs/default}
 ENCODER=${ENCODER:-/work/cache/whisper-base-encoder.safetensors}
-HOURS=${HOURS:-9.5} START=${START:-2} ADAPT_STEPS=${ADAPT_STEPS:-700}
-TEACHER_STEPS=${TEACHER_STEPS:-3000} REALLM_STEPS=${REALLM_STEPS:-2000} REALLM_LR=${REALLM_LR:-5e-4}
+HOURS=${HOURS:-28} REAL_COPIES=${REAL_COPIES:-6} START=${START:-2} ADAPT_STEPS=${ADAPT_STEPS:-700}
+TEACHER_STEPS=${TEACHER_STEPS:-3000} REALLM_STEPS=${REALLM_STEPS:-3500} REALLM_LR=${REALLM_LR:-5e-4}
 DROPOUT=${DROPOUT:-0.2}  # decoder dropout and dropout on the encoder frames, in ReaLLM training
 EMIT_DELAY=${EMIT_DELAY:-1}  # chunks the decoder waits before writing a word: 0 is 240 ms sooner, less accurate
 DECODER_INIT=${DECODER_INIT:-whisper-tiny.en}  # or "none": a decoder trained from nothing (SentencePiece 512)
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
 
 stamp "data ($HOURS h)"
-python recipes/default/make_data.py --out "$DATA" --hours "$HOURS" --jobs 2
+python recipes/default/make_data.py --out "$DATA" --hours "$HOURS" --real-copies "$REAL_COPIES" --jobs 2
 stamp "import Whisper base encoder"
 [ -f "$ENCODER" ] || python scripts/import_whisper.py --model base --out "$ENCODER"
 adapt=(python recipes/default/adapt_encoder.py --manifest "$DATA/train.jsonl" --work "$WORK"
