@@ -199,7 +199,8 @@ def estimate_s(raw: str) -> float:
 # plan
 
 
-def make_plan(out: Path, hours: float, real_s: float, real_copies: int = REAL_AUG_COPIES) -> tuple[list[dict], list[dict]]:
+def make_plan(out: Path, hours: float, real_s: float,
+              real_copies: int = REAL_AUG_COPIES) -> tuple[list[dict], list[dict]]:
     """Every utterance to produce, in production order: held-out sets, real copies, then shuffled synthetic."""
     lj_train, lj_held = split_lj(read_lj())
     train_voices = [v for v in VOICE_SHARE]
@@ -401,8 +402,8 @@ def write_readme(out: Path, lines: dict[str, dict], args: argparse.Namespace, el
     md = [
         "# reallm default-model data",
         "",
-        f"Made by `python recipes/default/make_data.py --out {out} --hours {args.hours} --real-copies {args.real_copies} "
-        f"--jobs {args.jobs}` "
+        f"Made by `python recipes/default/make_data.py --out {out} --hours {args.hours} "
+        f"--real-copies {args.real_copies} --jobs {args.jobs}` "
         f"(wall clock of the last run: {elapsed_s / 60:.1f} min). Deterministic: every choice is seeded by the "
         "utterance id; existing files are skipped on reruns.",
         "",
