@@ -19,7 +19,7 @@ def shared_data() -> Path:
     return DATA
 
 
-def tiny_model(vocab_size: int, chunk_ms: int = 240, seed: int = 0, d: int = 64):
+def tiny_model(vocab_size: int, chunk_ms: int = 240, seed: int = 0, d: int = 64, slots_per_chunk: int = 1):
     """A small randomly initialised Conformer ReaLLM for fast tests."""
     from reallm_cli.model.checkpoint import build_model
     from reallm_cli.model.conformer import ConformerConfig
@@ -29,4 +29,5 @@ def tiny_model(vocab_size: int, chunk_ms: int = 240, seed: int = 0, d: int = 64)
     torch.manual_seed(seed)
     enc = ConformerConfig(d_model=d, n_heads=2, n_layers=2, subsampling_channels=32, chunk_ms=chunk_ms, dropout=0.0)
     dec = DecoderConfig(vocab_size=vocab_size, d_model=d, n_layers=1, n_heads=2, n_kv_heads=2, ffn_hidden=2 * d, window=64)
-    return build_model(ReaLLMConfig(encoder_kind="conformer", encoder=enc.to_dict(), decoder=dec))
+    return build_model(ReaLLMConfig(encoder_kind="conformer", encoder=enc.to_dict(), decoder=dec,
+                                    slots_per_chunk=slots_per_chunk))

@@ -99,6 +99,15 @@ def test_embed_and_tied_head():
     assert dec.output.weight is dec.tok_embeddings.weight
 
 
+def test_logits_of_selected_positions_only():
+    dec = tiny_decoder()
+    x = torch.randn(2, 9, TINY.d_model)
+    keep = torch.rand(2, 9, generator=torch.Generator().manual_seed(1)) > 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(dec(x, outputs=keep), dec(x)[keep])
+    assert dec(x, outputs=keep).shape == (int(keep.sum()), TINY.vocab_size)
+
+
 def test_bad_shapes_raise():
     dec = tiny_decoder()
     with pytest.raises(ValueError, match="32"):

@@ -11,10 +11,11 @@ from reallm_cli.engine import DecodeOptions, Recognizer
 from reallm_cli.model.presets import placeholder_tokenizer
 
 
-@pytest.fixture(scope="module")
-def recognizer():
+@pytest.fixture(scope="module", params=[1, 3], ids=["1-slot", "3-slots"])
+def recognizer(request):
+    """Models reading each chunk as one speech embedding (the paper) and as three."""
     tok = placeholder_tokenizer(64)
-    model = tiny_model(tok.vocab_size).eval()
+    model = tiny_model(tok.vocab_size, slots_per_chunk=request.param).eval()
     return Recognizer(model, tok, DecodeOptions(max_tokens_per_chunk=3))
 
 
@@ -46,11 +47,12 @@ def offline_greedy(model, tok, audio, max_tokens):
     mel = whisper_log_mel(audio, floor="running")
     with torch.no_grad():
         frames, _ = model.encoder.forward(mel[None], torch.tensor([mel.shape[0]]))
-        speech = model.speech_embeddings(frames)[0]  # (N, D)
+        slots = model.config.slots_per_chunk
+        speech = model.speech_embeddings(frames)[0]  # (N * slots, D)
         seq: list[torch.Tensor] = []
         out = []
-        for c in range(speech.shape[0]):
-            seq.append(speech[c])
+        for c in range(speech.shape[0] // slots):
+            seq.extend(speech[c * slots : (c + 1) * slots])
             for _ in range(max_tokens + 1):
                 logits = model.decoder(torch.stack(seq)[None])[0, -1]
                 t = int(logits.argmax())

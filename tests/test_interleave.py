@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from reallm_cli.model.interleave import (
+    IGNORE,
     AlignmentError,
     assemble_decoder_inputs,
     build_interleaved,
@@ -41,6 +42,17 @@ def test_all_tokens_in_last_chunk_and_no_tokens():
     assert layout(empty) == ([S, S], [B, B])
 
 
+def test_several_slots_per_chunk_only_the_last_decides():
+    it = build_interleaved(2, [10], [1], blank=B, slots=2)
+    assert layout(it) == ([S, S, S, S, 10], [IGNORE, B, IGNORE, 10, B])
+    assert it.speech_index.tolist() == [0, 1, 2, 3, -1]
+    three = build_interleaved(3, [4, 5], [0, 2], blank=B, slots=3)
+    assert three.speech_index[three.is_speech].tolist() == list(range(9))
+    assert three.targets.tolist().count(B) == 3  # still one BLANK per chunk
+    with pytest.raises(ValueError):
+        build_interleaved(2, [10], [1], blank=B, slots=0)
+
+
 def test_blank_is_a_target_never_an_input():
     it = build_interleaved(5, [3, 4, 9], [0, 2, 4], blank=7)
     assert not bool(((~it.is_speech) & (it.input_tokens == 7)).any())
@@ -67,7 +79,7 @@ def test_collate_pads_with_ignored_targets():
     b = build_interleaved(3, [5, 6, 7], [0, 0, 2], blank=B)  # L = 6
     batch = collate_interleaved([a, b], pad_target=-100)
     assert batch.lengths.tolist() == [3, 6]
-    assert batch.n_chunks.tolist() == [2, 3]
+    assert batch.n_slots.tolist() == [2, 3]
     assert batch.targets[0].tolist() == [B, 5, B, -100, -100, -100]
     assert batch.is_speech[0, 3:].tolist() == [False] * 3
     assert batch.speech_index[0, 3:].tolist() == [-1] * 3

@@ -95,6 +95,8 @@ def main() -> None:
     ap.add_argument("--reallm-lr", type=float, default=1e-3)
     ap.add_argument("--emit-delay-chunks", type=int, default=0,
                     help="write each token this many chunks late: more context, more latency (the model's config records it)")
+    ap.add_argument("--slots-per-chunk", type=int, default=1,
+                    help="speech embeddings per chunk, each from an equal slice of its frames (the paper: 1)")
     ap.add_argument("--stages", default="features,tokenizer,lm,teacher,align,retokenize,reallm,export")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -252,7 +254,8 @@ def main() -> None:
         dec_cfg, init_state = import_whisper_decoder(find_installed_whisper("tiny.en"), dec_tok.keep_ids,
                                                      blank_from=50256, window=512, dropout=args.dropout)
     config = ReaLLMConfig(encoder_kind="whisper", encoder=asdict(encoder.config), decoder=dec_cfg,
-                          lead_in_ms=args.lead_in_ms, emit_delay_chunks=args.emit_delay_chunks)
+                          lead_in_ms=args.lead_in_ms, emit_delay_chunks=args.emit_delay_chunks,
+                          slots_per_chunk=args.slots_per_chunk)
     model = ReaLLM(config, encoder)
     if init_state is not None and not (work / "reallm.pt").exists():
         model.decoder.load_state_dict(init_state)

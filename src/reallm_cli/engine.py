@@ -137,9 +137,9 @@ class Session:
         ready, rest = buf[:take], buf[take:]
         self._frames = [rest] if rest.shape[0] else []
         self._n_frames = rest.shape[0]
-        embeddings = self._model.speech_embeddings(ready[None])[0]  # (n, D)
+        embeddings = self._model.speech_embeddings(ready[None])[0]  # (n * slots, D)
         words: list[Word] = []
-        for emb in embeddings:
+        for emb in embeddings.view(-1, self._model.config.slots_per_chunk, embeddings.shape[-1]):
             words.extend(self._decode_chunk(emb))
         return words
 
@@ -148,7 +148,7 @@ class Session:
         c = self.chunks_done
         dec = self._model.decoder
         blank = self._tok.blank
-        logits = dec.step(emb.view(1, 1, -1), self._kv)  # (1, 1, V)
+        logits = dec.step(emb[None], self._kv)  # (1, slots, V): the chunk's slots, decided after the last
         words: list[Word] = []
         emitted = 0
         while True:

@@ -234,10 +234,12 @@ class LlamaDecoder(nn.Module):
                 keys, values = k, v
             x = x + F.dropout(layer.attn.attend(q, keys, values, mask), p, train)
             x = x + F.dropout(layer.ffn(layer.ffn_norm(x)), p, train)
-        return self.output(self.norm(x))
+        return self.norm(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L, D) embeddings -> logits (B, L, V), causal within the sliding window.
+    def forward(self, x: torch.Tensor, outputs: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, D) embeddings -> logits (B, L, V), causal within the sliding window; with ``outputs``
+        (B, L) bool, only the logits of those positions, (n, V) in row-major order (the output head is
+        the largest single layer, and training needs no logits at padding or at untrained slots).
 
         Right padding needs no mask: attention is causal, so padded tail positions never influence
         real ones; the loss ignores them through its targets.
@@ -248,7 +250,8 @@ class LlamaDecoder(nn.Module):
         positions = torch.arange(L, device=x.device)
         offset = positions[:, None] - positions[None, :]  # (L, L) query - key
         mask = (offset >= 0) & (offset < self.cfg.window)
-        return self._run(x, positions, mask, None)
+        hidden = self._run(x, positions, mask, None)
+        return self.output(hidden if outputs is None else hidden[outputs])
 
     # ---------------------------------------------------------------------------------- streaming
 
@@ -286,7 +289,7 @@ class LlamaDecoder(nn.Module):
         offset = positions[:, None] - key_pos[None, :]  # (t, window + t)
         mask = (key_pos[None, :] >= 0) & (offset >= 0) & (offset < self.cfg.window)
         # slot_pos is read for the mask above before the layers overwrite slots, then updated once.
-        logits = self._run(x, positions, mask, cache)
+        logits = self.output(self._run(x, positions, mask, cache))
         n = min(t, self.cfg.window)
         cache.slot_pos[positions[-n:] % self.cfg.window] = positions[-n:]
         cache.pos += t

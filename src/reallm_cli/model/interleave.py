@@ -9,6 +9,12 @@ aligned to chunks 1, 1, 3:
 
 BLANK is only ever a target, never an input: at inference it means "stop, feed the next embedding",
 and the next embedding takes the place BLANK would have had.
+
+A model may read a chunk as several speech slots (``slots`` > 1, each from a slice of the chunk's
+frames). Only the chunk's last slot decides; the slots before it have no target (IGNORE). Two slots:
+
+    input   S0a S0b  S1a S1b  a
+    target  -   B    -   a    B
 """
 
 from __future__ import annotations
@@ -21,18 +27,21 @@ import torch
 from reallm_cli.errors import ReallmError
 
 
+IGNORE = -100  # a target that is not trained on (padding, and speech slots that are not a chunk's last)
+
+
 class AlignmentError(ReallmError, ValueError):
     """A token-to-chunk alignment that is not non-decreasing or points outside the speech."""
 
 
 @dataclass(frozen=True)
 class Interleaved:
-    """One utterance laid out for the decoder; L = n_chunks + n_tokens."""
+    """One utterance laid out for the decoder; L = n_chunks * slots + n_tokens."""
 
     is_speech: torch.Tensor  # (L,) bool: True at speech-embedding slots
-    speech_index: torch.Tensor  # (L,) long: chunk index at speech slots, -1 at token slots
+    speech_index: torch.Tensor  # (L,) long: embedding index (chunk * slots + slot) at speech slots, -1 at token slots
     input_tokens: torch.Tensor  # (L,) long: piece id at token slots, ``blank`` (never read) at speech slots
-    targets: torch.Tensor  # (L,) long: next piece of the same chunk, else blank
+    targets: torch.Tensor  # (L,) long: next piece of the same chunk, else blank; IGNORE before a chunk's last slot
 
     @property
     def length(self) -> int:
@@ -48,7 +57,7 @@ class InterleavedBatch:
     input_tokens: torch.Tensor  # (B, L) long, 0 on padding
     targets: torch.Tensor  # (B, L) long, pad_target on padding
     lengths: torch.Tensor  # (B,) long: real positions per item
-    n_chunks: torch.Tensor  # (B,) long: speech slots per item
+    n_slots: torch.Tensor  # (B,) long: speech slots per item
 
 
 def check_alignment(n_chunks: int, n_tokens: int, token_chunks: Sequence[int]) -> None:
@@ -66,13 +75,17 @@ def check_alignment(n_chunks: int, n_tokens: int, token_chunks: Sequence[int]) -
         prev = c
 
 
-def build_interleaved(n_chunks: int, tokens: Sequence[int], token_chunks: Sequence[int], blank: int) -> Interleaved:
-    """Lay out chunks and tokens (token i emitted after chunk ``token_chunks[i]``) with their targets."""
+def build_interleaved(n_chunks: int, tokens: Sequence[int], token_chunks: Sequence[int], blank: int,
+                      slots: int = 1) -> Interleaved:
+    """Lay out chunks of ``slots`` speech slots each and tokens (token i emitted after chunk
+    ``token_chunks[i]``) with their targets."""
     tokens = [int(t) for t in tokens]
     token_chunks = [int(c) for c in token_chunks]
     check_alignment(n_chunks, len(tokens), token_chunks)
     if blank in tokens:
         raise AlignmentError(f"BLANK ({blank}) cannot be a transcript token")
+    if slots < 1:
+        raise ValueError(f"slots must be >= 1, got {slots}")
     is_speech: list[bool] = []
     speech_index: list[int] = []
     input_tokens: list[int] = []
@@ -83,11 +96,12 @@ def build_interleaved(n_chunks: int, tokens: Sequence[int], token_chunks: Sequen
         while i < len(tokens) and token_chunks[i] == c:
             chunk_tokens.append(tokens[i])
             i += 1
-        # Inputs: S_c, then the chunk's tokens; each position predicts the next of these, then BLANK.
-        is_speech += [True] + [False] * len(chunk_tokens)
-        speech_index += [c] + [-1] * len(chunk_tokens)
-        input_tokens += [blank] + chunk_tokens
-        targets += chunk_tokens + [blank]
+        # Inputs: the chunk's slots, then its tokens; from the last slot on, each position predicts the
+        # next of these tokens, then BLANK.
+        is_speech += [True] * slots + [False] * len(chunk_tokens)
+        speech_index += list(range(c * slots, (c + 1) * slots)) + [-1] * len(chunk_tokens)
+        input_tokens += [blank] * slots + chunk_tokens
+        targets += [IGNORE] * (slots - 1) + chunk_tokens + [blank]
     return Interleaved(
         is_speech=torch.tensor(is_speech, dtype=torch.bool),
         speech_index=torch.tensor(speech_index, dtype=torch.long),
@@ -96,7 +110,7 @@ def build_interleaved(n_chunks: int, tokens: Sequence[int], token_chunks: Sequen
     )
 
 
-def collate_interleaved(items: Sequence[Interleaved], pad_target: int = -100) -> InterleavedBatch:
+def collate_interleaved(items: Sequence[Interleaved], pad_target: int = IGNORE) -> InterleavedBatch:
     """Right-pad a list of ``Interleaved`` to one batch."""
     if not items:
         raise ValueError("cannot collate an empty batch")
@@ -118,7 +132,7 @@ def collate_interleaved(items: Sequence[Interleaved], pad_target: int = -100) ->
         input_tokens=input_tokens,
         targets=targets,
         lengths=lengths,
-        n_chunks=is_speech.sum(dim=1),
+        n_slots=is_speech.sum(dim=1),
     )
 
 

@@ -1,7 +1,7 @@
-"""Speech ReaLLM: a streaming encoder, a projection of each chunk's frames to one embedding, and a decoder.
+"""Speech ReaLLM: a streaming encoder, a projection of each chunk's frames to speech embeddings, and a decoder.
 
-The decoder reads one speech embedding per chunk in the same sequence as word pieces; after each
-embedding it emits pieces until BLANK. Training is cross-entropy on that interleaved sequence.
+The decoder reads the speech embedding(s) of each chunk in the same sequence as word pieces; after each
+chunk it emits pieces until BLANK. Training is cross-entropy on that interleaved sequence.
 """
 
 from __future__ import annotations
@@ -30,6 +30,14 @@ class ReaLLMConfig:
     # --emit-delay-chunks): the engine dates words that much earlier and decodes as many chunks of
     # silence after a stream's end, so that the last word still comes out.
     emit_delay_chunks: int = 0
+    # Speech embeddings per chunk. The paper's 1 asks a single vector to carry all of a 240 ms chunk; with
+    # n, each of n equal slices of the chunk's frames becomes one embedding (the decoder still decides
+    # only once per chunk, after its last slot).
+    slots_per_chunk: int = 1
+
+    def __post_init__(self) -> None:
+        if self.slots_per_chunk < 1:
+            raise ValueError(f"slots_per_chunk must be >= 1, got {self.slots_per_chunk}")
 
     def to_dict(self) -> dict:
         return {
@@ -39,6 +47,7 @@ class ReaLLMConfig:
             "max_tokens_per_chunk": self.max_tokens_per_chunk,
             "lead_in_ms": self.lead_in_ms,
             "emit_delay_chunks": self.emit_delay_chunks,
+            "slots_per_chunk": self.slots_per_chunk,
         }
 
     @classmethod
@@ -50,26 +59,30 @@ class ReaLLMConfig:
             max_tokens_per_chunk=int(d.get("max_tokens_per_chunk", 10)),
             lead_in_ms=int(d.get("lead_in_ms", 0)),
             emit_delay_chunks=int(d.get("emit_delay_chunks", 0)),
+            slots_per_chunk=int(d.get("slots_per_chunk", 1)),
         )
 
 
 class ChunkProjector(nn.Module):
-    """Stacks the encoder frames of one chunk and projects them to one decoder-sized speech embedding."""
+    """Stacks the encoder frames of each slot (a chunk, or an equal slice of one) and projects them to
+    one decoder-sized speech embedding."""
 
-    def __init__(self, frames_per_chunk: int, enc_dim: int, d_model: int):
+    def __init__(self, frames_per_chunk: int, enc_dim: int, d_model: int, slots: int = 1):
         super().__init__()
         self.frames_per_chunk = frames_per_chunk
-        self.norm = nn.LayerNorm(frames_per_chunk * enc_dim)
-        self.proj = nn.Linear(frames_per_chunk * enc_dim, d_model)
+        self.frames_per_slot = exact_div(frames_per_chunk, slots)
+        self.norm = nn.LayerNorm(self.frames_per_slot * enc_dim)
+        self.proj = nn.Linear(self.frames_per_slot * enc_dim, d_model)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, T, C) -> (B, ceil(T / k), d_model); a final partial chunk is zero-padded, as at flush."""
+        """(B, T, C) -> (B, ceil(T / k) * slots, d_model), chunk by chunk; a final partial chunk is
+        zero-padded, as at flush."""
         b, t, c = frames.shape
         k = self.frames_per_chunk
         pad = (-t) % k
         if pad:
             frames = F.pad(frames, (0, 0, 0, pad))
-        stacked = frames.reshape(b, (t + pad) // k, k * c)  # (B, N, k*C)
+        stacked = frames.reshape(b, (t + pad) // self.frames_per_slot, self.frames_per_slot * c)
         return self.proj(self.norm(stacked))
 
 
@@ -79,7 +92,8 @@ class ReaLLM(nn.Module):
         self.config = config
         self.encoder = encoder
         self.frames_per_chunk = exact_div(encoder.chunk_ms, encoder.frame_ms)
-        self.projector = ChunkProjector(self.frames_per_chunk, encoder.out_dim, config.decoder.d_model)
+        self.projector = ChunkProjector(self.frames_per_chunk, encoder.out_dim, config.decoder.d_model,
+                                        config.slots_per_chunk)
         self.decoder = LlamaDecoder(config.decoder)
 
     @property
@@ -90,5 +104,5 @@ class ReaLLM(nn.Module):
         return (frame_lengths + self.frames_per_chunk - 1) // self.frames_per_chunk
 
     def speech_embeddings(self, frames: torch.Tensor) -> torch.Tensor:
-        """Encoder frames (B, T, C) -> speech embeddings (B, N, D)."""
+        """Encoder frames (B, T, C) -> speech embeddings (B, N * slots_per_chunk, D), chunk by chunk."""
         return self.projector(frames)

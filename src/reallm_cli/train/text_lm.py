@@ -20,10 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from reallm_cli.model.decoder import LlamaDecoder
-from reallm_cli.model.interleave import assemble_decoder_inputs, build_interleaved, collate_interleaved
+from reallm_cli.model.interleave import IGNORE, assemble_decoder_inputs, build_interleaved, collate_interleaved
 from reallm_cli.train.batching import DurationBatchSampler
 
-IGNORE = -100
 
 
 def random_alignment(n_tokens: int, rng: random.Random, pieces_per_chunk: tuple[float, float] = (0.5, 1.5),
@@ -51,7 +50,7 @@ def text_lm_loss(decoder: LlamaDecoder, token_lists: Sequence[Sequence[int]], bl
         items.append(build_interleaved(n_chunks, tokens, chunks, blank))
     batch = collate_interleaved(items, pad_target=IGNORE)
     targets = batch.targets.masked_fill(batch.targets == blank, IGNORE)
-    n_slots = int(batch.n_chunks.max())
+    n_slots = int(batch.n_slots.max())
     seed = rng.getrandbits(63)
     speech = torch.randn(len(items), n_slots, decoder.d_model, generator=torch.Generator().manual_seed(seed)) * slot_std
     x = assemble_decoder_inputs(speech, decoder.embed(batch.input_tokens), batch.is_speech, batch.speech_index)

@@ -1,0 +1,56 @@
+"""The ReaLLM model: speech embeddings per chunk, and a config that survives the model file."""
+
+import pytest
+import torch
+
+from conftest import tiny_model
+from reallm_cli.model.checkpoint import load_model, save_model
+from reallm_cli.model.presets import placeholder_tokenizer
+from reallm_cli.model.reallm import ChunkProjector, ReaLLMConfig
+
+
+def test_one_slot_stacks_the_whole_chunk_and_pads_a_partial_one():
+    proj = ChunkProjector(frames_per_chunk=4, enc_dim=3, d_model=5).eval()
+    frames = torch.randn(2, 10, 3)  # 2.5 chunks
+    out = proj(frames)
+    assert out.shape == (2, 3, 5)
+    padded = torch.cat([frames, torch.zeros(2, 2, 3)], 1)
+    expected = proj.proj(proj.norm(padded.reshape(2, 3, 12)))
+    torch.testing.assert_close(out, expected)
+
+
+def test_each_slot_reads_only_its_slice_of_the_chunk():
+    proj = ChunkProjector(frames_per_chunk=6, enc_dim=3, d_model=5, slots=3).eval()
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randn(1, 12, 3, generator=g)  # 2 chunks -> 6 slots in time order
+    out = proj(frames)
+    assert out.shape == (1, 6, 5)
+    changed = frames.clone()
+    changed[0, 8:10] += torch.randn(2, 3, generator=g)  # frames of chunk 1, slot 1 (embedding 4)
+    diff = (proj(changed) - out).abs().amax(-1)[0]
+    assert diff[4] > 0
+    assert torch.all(diff[[0, 1, 2, 3, 5]] == 0)
+
+
+def test_slots_must_divide_the_chunk():
+    with pytest.raises(ValueError):
+        ChunkProjector(frames_per_chunk=12, enc_dim=3, d_model=5, slots=5)
+    with pytest.raises(ValueError):
+        tiny_model(16, slots_per_chunk=0)
+
+
+def test_slots_per_chunk_survives_the_model_file(tmp_path):
+    tok = placeholder_tokenizer(16)
+    model = tiny_model(tok.vocab_size, slots_per_chunk=2).eval()
+    save_model(tmp_path / "m.safetensors", model, tok)
+    loaded, _ = load_model(tmp_path / "m.safetensors")
+    assert loaded.config.slots_per_chunk == 2
+    frames = torch.randn(1, 13, model.encoder.out_dim)
+    torch.testing.assert_close(loaded.speech_embeddings(frames), model.speech_embeddings(frames), atol=2e-2, rtol=1e-2)
+    assert model.speech_embeddings(frames).shape[1] == 2 * model.chunk_lengths(torch.tensor([13])).item()
+
+
+def test_an_old_config_without_slots_reads_as_one_slot():
+    cfg = tiny_model(16).config.to_dict()
+    del cfg["slots_per_chunk"]
+    assert ReaLLMConfig.from_dict(cfg).slots_per_chunk == 1
