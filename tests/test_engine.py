@@ -134,3 +134,61 @@ def test_a_late_writing_model_gets_trailing_silence_and_earlier_word_times(recog
     chunk_s = recognizer.model.chunk_ms / 1000
     assert (late.start_s, late.end_s) == (round(plain.start_s - chunk_s, 3), round(plain.end_s - chunk_s, 3))
     assert late.emit_s == plain.emit_s
+
+
+def offline_greedy_restarting(model, tok, audio, max_tokens, lead, context_chunks, carry):
+    """The context-restart rule by full recomputation (``audio`` begins with ``lead`` chunks of silence):
+    before chunk c, a context of ``context_chunks`` chunks becomes ``lead`` chunks of a silent stream's
+    slots, with no pieces, plus the last ``carry`` chunks, each with the pieces written after it."""
+
+    def slots_of(samples):
+        mel = whisper_log_mel(samples, floor="running")
+        frames, _ = model.encoder.forward(mel[None], torch.tensor([mel.shape[0]]))
+        return model.speech_embeddings(frames)[0].view(-1, model.config.slots_per_chunk, model.decoder.d_model)
+
+    with torch.no_grad():
+        speech = slots_of(audio)
+        silent = slots_of(np.zeros(len(audio), np.float32))[:lead]
+        history = [(speech[c], []) for c in range(speech.shape[0])]
+        context, out = [], []  # context: (slots, pieces) in decoding order
+        for c in range(speech.shape[0]):
+            if len(context) >= context_chunks:
+                context = [(e, []) for e in silent] + context[len(context) - carry:]
+            context.append(history[c])
+            while len(history[c][1]) < max_tokens:
+                seq = torch.cat([torch.cat((e, model.decoder.embed(torch.tensor(p, dtype=torch.long)))) for e, p in context])
+                t = int(model.decoder(seq[None])[0, -1].argmax())
+                if t == tok.blank:
+                    break
+                history[c][1].append(t)
+                out.append((t, c))
+    return out
+
+
+def test_the_decoder_context_restarts_with_the_lead_in_and_the_last_chunks(recognizer):
+    lead, context_chunks, carry = 1, 5, 2
+    opts = DecodeOptions(max_tokens_per_chunk=3, lead_in_chunks=lead, context_chunks=context_chunks, carry_chunks=carry)
+    rec = Recognizer(recognizer.model, recognizer.tokenizer, opts)
+    audio = synthetic_audio(4.0, seed=5)
+    chunk = int(recognizer.model.chunk_ms * 16)  # samples
+    padded = np.concatenate([np.zeros(lead * chunk, np.float32), audio])
+    expected = [(t, c - lead) for t, c in offline_greedy_restarting(rec.model, rec.tokenizer, padded, 3, lead,
+                                                                     context_chunks, carry) if c >= lead]
+    assert expected, "the model emitted nothing; the test would prove nothing"
+    s = rec.session()
+    for i in range(0, len(audio), 3000):
+        s.push(audio[i : i + 3000])
+    s.flush()
+    assert s.restarts >= 3  # 17 chunks + lead-in through a context of 5
+    assert [x for x in s.tokens if x[1] >= 0] == expected
+    slots = rec.model.config.slots_per_chunk
+    assert s._kv.pos <= context_chunks * (slots + 3)  # the cache holds one context, not the whole stream
+    assert s._kv.pos < s.chunks_done * slots
+
+
+def test_a_restarted_context_must_be_shorter_than_the_limit(recognizer):
+    with pytest.raises(ValueError):
+        DecodeOptions(context_chunks=4, carry_chunks=4)
+    with pytest.raises(ValueError):
+        Recognizer(recognizer.model, recognizer.tokenizer, DecodeOptions(lead_in_chunks=2, context_chunks=4,
+                                                                          carry_chunks=2)).session()

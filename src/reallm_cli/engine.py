@@ -3,6 +3,12 @@
 One ``Session`` per stream carries every cache: the log-mel front end, the encoder state, the frames
 waiting to fill a chunk, and the decoder's KV cache. Decoding is greedy: after each speech embedding
 the decoder emits word pieces until BLANK, capped at ``max_tokens_per_chunk``.
+
+A stream is endless, but no training utterance is longer than ~20 s: a decoder whose context holds
+more than that is somewhere it never learned to be, and it starts dropping words. So the decoder's
+context restarts every ``context_chunks`` chunks: a fresh cache is fed the lead-in silence again and
+the last ``carry_chunks`` chunks with the pieces already written after them, as training utterances
+begin, and decoding goes on from there. (The encoder restarts its own windows likewise.)
 """
 
 from __future__ import annotations
@@ -26,6 +32,13 @@ class DecodeOptions:
     finalize_after_chunks: int = 2  # a word with no continuation for this many chunks becomes final
     lead_in_chunks: int = 0  # chunks of silence decoded before the stream's audio (times exclude them)
     emit_delay_chunks: int = 0  # the model writes a word this many chunks after it was heard (see ReaLLMConfig)
+    context_chunks: int = 64  # the decoder's context restarts when it holds this many chunks (15.4 s at 240 ms)
+    carry_chunks: int = 8  # chunks (with their pieces) carried into a restarted context
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.carry_chunks < self.context_chunks:
+            raise ValueError(f"carry_chunks must be in [0, context_chunks), got {self.carry_chunks} "
+                             f"and {self.context_chunks}")
 
 
 @dataclass
@@ -49,6 +62,9 @@ class Session:
         self._frames: list[torch.Tensor] = []  # encoder frames (t, C) not yet a whole chunk
         self._n_frames = 0
         self._kv = model.decoder.init_cache(1)
+        # (speech slots, pieces written after them) of each chunk in the decoder's context, oldest first
+        self._context: list[tuple[torch.Tensor, list[int]]] = []
+        self.restarts = 0
         self._chunk_s = model.chunk_ms / 1000
         # The embedding of chunk c can be computed once audio up to its end plus the look-ahead arrived.
         self._delay_s = model.encoder.lookahead_ms / 1000
@@ -60,6 +76,9 @@ class Session:
         self.chunk_compute_s: list[float] = []  # wall time of each chunk's decode (encoder time excluded)
         self._closed = False
         self._lead = self._opts.lead_in_chunks
+        if self._lead + self._opts.carry_chunks >= self._opts.context_chunks:
+            raise ValueError(f"a restarted context ({self._lead} lead-in + {self._opts.carry_chunks} carried chunks) "
+                             f"must be shorter than context_chunks ({self._opts.context_chunks})")
         if self._lead:
             self._lead_in()
 
@@ -143,12 +162,26 @@ class Session:
             words.extend(self._decode_chunk(emb))
         return words
 
+    def _restart_context(self) -> None:
+        """A fresh decoder cache holding the lead-in and the last ``carry_chunks`` chunks with their pieces."""
+        dec = self._model.decoder
+        carried = self._context[len(self._context) - self._opts.carry_chunks:] if self._opts.carry_chunks else []
+        self._context = [(emb, []) for emb in self.recognizer.lead_in_embeddings()] + carried
+        self._kv = dec.init_cache(1)
+        dec.step(torch.cat([torch.cat((emb, dec.embed(torch.tensor(pieces, dtype=torch.long))))
+                            for emb, pieces in self._context])[None], self._kv)
+        self.restarts += 1
+
     def _decode_chunk(self, emb: torch.Tensor) -> list[Word]:
         t0 = time.perf_counter()
+        if len(self._context) >= self._opts.context_chunks:
+            self._restart_context()
         c = self.chunks_done
         dec = self._model.decoder
         blank = self._tok.blank
         logits = dec.step(emb[None], self._kv)  # (1, slots, V): the chunk's slots, decided after the last
+        pieces: list[int] = []
+        self._context.append((emb, pieces))
         words: list[Word] = []
         emitted = 0
         while True:
@@ -156,6 +189,7 @@ class Session:
             if token == blank or emitted >= self._opts.max_tokens_per_chunk:
                 break
             emitted += 1
+            pieces.append(token)
             self.tokens.append((token, c - self._lead))
             if self._tok.starts_word(token) or self._word is None:
                 if self._word is not None:
@@ -196,6 +230,7 @@ class Recognizer:
     def __init__(self, model, tokenizer: Tokenizer, options: DecodeOptions | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self._lead_in_embeddings: dict[int, list[torch.Tensor]] = {}  # by lead-in length
         cfg = model.config
         self.options = options or DecodeOptions(max_tokens_per_chunk=cfg.max_tokens_per_chunk,
                                                 lead_in_chunks=cfg.lead_in_ms // model.chunk_ms,
@@ -216,6 +251,20 @@ class Recognizer:
         if option_overrides:
             rec.options = replace(rec.options, **option_overrides)
         return rec
+
+    def lead_in_embeddings(self) -> list[torch.Tensor]:
+        """The speech slots (slots, D) of each lead-in chunk of a fresh stream, pure digital silence (its
+        look-ahead too): what a restarted decoder context begins with."""
+        model, n = self.model, self.options.lead_in_chunks
+        if n not in self._lead_in_embeddings:
+            chunk = round(model.chunk_ms * SAMPLE_RATE / 1000)
+            silence = np.zeros((n + 1) * chunk + round(model.encoder.lookahead_ms * SAMPLE_RATE / 1000), np.float32)
+            with torch.inference_mode():
+                mel = StreamingLogMel().push(silence)
+                frames, _ = model.encoder.step(mel[None], model.encoder.init_state(1))
+                emb = model.speech_embeddings(frames[:, : n * model.frames_per_chunk])[0]
+            self._lead_in_embeddings[n] = list(emb.view(n, model.config.slots_per_chunk, -1))
+        return self._lead_in_embeddings[n]
 
     def session(self) -> Session:
         return Session(self)
