@@ -108,6 +108,14 @@ def test_logits_of_selected_positions_only():
     assert dec(x, outputs=keep).shape == (int(keep.sum()), TINY.vocab_size)
 
 
+def test_a_step_can_return_its_last_position_only():
+    dec = tiny_decoder()
+    x = torch.randn(1, 5, TINY.d_model)
+    full, last = dec.init_cache(1), dec.init_cache(1)
+    torch.testing.assert_close(dec.step(x[:, :3], last, last_only=True), dec.step(x[:, :3], full)[:, -1:])
+    torch.testing.assert_close(dec.step(x[:, 3:], last), dec.step(x[:, 3:], full))  # the caches agree
+
+
 def test_bad_shapes_raise():
     dec = tiny_decoder()
     with pytest.raises(ValueError, match="32"):

@@ -7,11 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${1:-/work/data} WORK=${2:-/work/runs/default}
 ENCODER=${ENCODER:-/work/cache/whisper-base-encoder.safetensors}
-HOURS=${HOURS:-28} REAL_COPIES=${REAL_COPIES:-6} START=${START:-2} ADAPT_STEPS=${ADAPT_STEPS:-700}
-TEACHER_STEPS=${TEACHER_STEPS:-3000} REALLM_STEPS=${REALLM_STEPS:-3500} REALLM_LR=${REALLM_LR:-5e-4}
+HOURS=${HOURS:-40} REAL_COPIES=${REAL_COPIES:-9} START=${START:-2} ADAPT_STEPS=${ADAPT_STEPS:-700}
+TEACHER_STEPS=${TEACHER_STEPS:-3000} REALLM_STEPS=${REALLM_STEPS:-2500} REALLM_LR=${REALLM_LR:-5e-4}
 DROPOUT=${DROPOUT:-0.2}  # decoder dropout and dropout on the encoder frames, in ReaLLM training
 EMIT_DELAY=${EMIT_DELAY:-1}  # chunks the decoder waits before writing a word: 0 is 240 ms sooner, less accurate
 DECODER_INIT=${DECODER_INIT:-whisper-tiny.en}  # or "none": a decoder trained from nothing (SentencePiece 512)
+SLOTS=${SLOTS:-3}  # speech embeddings per 240 ms chunk (the paper: 1)
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
 
 stamp "data ($HOURS h)"
@@ -31,6 +32,6 @@ stamp "tokenizers, CTC teacher, alignment, ReaLLM ($DECODER_INIT), export"
 python recipes/default/train.py --data "$DATA" --work "$WORK" --encoder "$WORK/encoder.safetensors" \
     --stages tokenizer,teacher,align,retokenize,reallm,export --teacher-steps "$TEACHER_STEPS" \
     --decoder-init "$DECODER_INIT" --reallm-steps "$REALLM_STEPS" --reallm-lr "$REALLM_LR" --lm-steps 0 \
-    --dropout "$DROPOUT" --feat-dropout "$DROPOUT" --emit-delay-chunks "$EMIT_DELAY" \
+    --dropout "$DROPOUT" --feat-dropout "$DROPOUT" --emit-delay-chunks "$EMIT_DELAY" --slots-per-chunk "$SLOTS" \
     --out "$WORK/model.safetensors"
 stamp done

@@ -1,8 +1,8 @@
 """The streaming recogniser: audio blocks of any size in, events out. A file and a microphone share it.
 
 One ``Session`` per stream carries every cache: the log-mel front end, the encoder state, the frames
-waiting to fill a chunk, and the decoder's KV cache. Decoding is greedy: after each speech embedding
-the decoder emits word pieces until BLANK, capped at ``max_tokens_per_chunk``.
+waiting to fill a chunk, and the decoder's KV cache. Decoding is greedy: after each chunk's speech
+embedding(s) the decoder emits word pieces until BLANK, capped at ``max_tokens_per_chunk``.
 
 A stream is endless, but no training utterance is longer than ~20 s: a decoder whose context holds
 more than that is somewhere it never learned to be, and it starts dropping words. So the decoder's
@@ -169,7 +169,7 @@ class Session:
         self._context = [(emb, []) for emb in self.recognizer.lead_in_embeddings()] + carried
         self._kv = dec.init_cache(1)
         dec.step(torch.cat([torch.cat((emb, dec.embed(torch.tensor(pieces, dtype=torch.long))))
-                            for emb, pieces in self._context])[None], self._kv)
+                            for emb, pieces in self._context])[None], self._kv, last_only=True)
         self.restarts += 1
 
     def _decode_chunk(self, emb: torch.Tensor) -> list[Word]:
@@ -179,7 +179,7 @@ class Session:
         c = self.chunks_done
         dec = self._model.decoder
         blank = self._tok.blank
-        logits = dec.step(emb[None], self._kv)  # (1, slots, V): the chunk's slots, decided after the last
+        logits = dec.step(emb[None], self._kv, last_only=True)  # (1, 1, V): a chunk decides after its last slot
         pieces: list[int] = []
         self._context.append((emb, pieces))
         words: list[Word] = []

@@ -275,8 +275,10 @@ class LlamaDecoder(nn.Module):
         cache.v[layer, :, :, slots] = v[:, :, -n:]
 
     @torch.no_grad()
-    def step(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Feed (B, t, D) new embeddings; return their logits (B, t, V). Updates ``cache`` in place."""
+    def step(self, x: torch.Tensor, cache: KVCache, last_only: bool = False) -> torch.Tensor:
+        """Feed (B, t, D) new embeddings; return their logits (B, t, V), or with ``last_only`` the last
+        position's (B, 1, V) (greedy decoding reads no other, and the head is the largest layer).
+        Updates ``cache`` in place."""
         if x.dim() != 3 or x.shape[-1] != self.cfg.d_model:
             raise ValueError(f"decoder input must be (B, t, {self.cfg.d_model}), got {tuple(x.shape)}")
         if x.shape[0] != cache.batch_size:
@@ -289,7 +291,8 @@ class LlamaDecoder(nn.Module):
         offset = positions[:, None] - key_pos[None, :]  # (t, window + t)
         mask = (key_pos[None, :] >= 0) & (offset >= 0) & (offset < self.cfg.window)
         # slot_pos is read for the mask above before the layers overwrite slots, then updated once.
-        logits = self.output(self._run(x, positions, mask, cache))
+        hidden = self._run(x, positions, mask, cache)
+        logits = self.output(hidden[:, -1:] if last_only else hidden)
         n = min(t, self.cfg.window)
         cache.slot_pos[positions[-n:] % self.cfg.window] = positions[-n:]
         cache.pos += t
