@@ -186,6 +186,17 @@ def test_the_decoder_context_restarts_with_the_lead_in_and_the_last_chunks(recog
     assert s._kv.pos < s.chunks_done * slots
 
 
+def test_a_context_restarts_without_a_lead_in_too(recognizer):
+    opts = DecodeOptions(max_tokens_per_chunk=3, context_chunks=4, carry_chunks=1)
+    rec = Recognizer(recognizer.model, recognizer.tokenizer, opts)
+    audio = synthetic_audio(3.0, seed=5)
+    expected = offline_greedy_restarting(rec.model, rec.tokenizer, audio, 3, 0, 4, 1)
+    s = rec.session()
+    s.push(audio)
+    s.flush()
+    assert s.restarts >= 2 and s.tokens == expected
+
+
 def test_a_restarted_context_must_be_shorter_than_the_limit(recognizer):
     with pytest.raises(ValueError):
         DecodeOptions(context_chunks=4, carry_chunks=4)

@@ -256,6 +256,8 @@ class Recognizer:
         """The speech slots (slots, D) of each lead-in chunk of a fresh stream, pure digital silence (its
         look-ahead too): what a restarted decoder context begins with."""
         model, n = self.model, self.options.lead_in_chunks
+        if n == 0:
+            return []
         if n not in self._lead_in_embeddings:
             chunk = round(model.chunk_ms * SAMPLE_RATE / 1000)
             silence = np.zeros((n + 1) * chunk + round(model.encoder.lookahead_ms * SAMPLE_RATE / 1000), np.float32)
