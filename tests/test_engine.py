@@ -42,24 +42,34 @@ def test_random_block_sizes_give_the_same_words(recognizer):
         assert words == whole
 
 
-def offline_greedy(model, tok, audio, max_tokens):
-    """Whole-utterance encoder pass, then greedy decoding by full recomputation (no caches at all)."""
-    mel = whisper_log_mel(audio, floor="running")
-    with torch.no_grad():
+def offline_greedy(model, tok, audio, max_tokens, lead=0, context_chunks=None, carry=0):
+    """Whole-utterance encoder pass, then greedy decoding by full recomputation (no caches at all).
+
+    With ``context_chunks``, the context-restart rule (``audio`` begins with ``lead`` chunks of silence):
+    before chunk c, a context of ``context_chunks`` chunks becomes ``lead`` chunks of a silent stream's
+    slots, with no pieces, plus the last ``carry`` chunks, each with the pieces written after it."""
+
+    def slots_of(samples):
+        mel = whisper_log_mel(samples, floor="running")
         frames, _ = model.encoder.forward(mel[None], torch.tensor([mel.shape[0]]))
-        slots = model.config.slots_per_chunk
-        speech = model.speech_embeddings(frames)[0]  # (N * slots, D)
-        seq: list[torch.Tensor] = []
-        out = []
-        for c in range(speech.shape[0] // slots):
-            seq.extend(speech[c * slots : (c + 1) * slots])
-            for _ in range(max_tokens + 1):
-                logits = model.decoder(torch.stack(seq)[None])[0, -1]
-                t = int(logits.argmax())
-                if t == tok.blank or len([1 for _, cc in out if cc == c]) >= max_tokens:
+        return model.speech_embeddings(frames)[0].view(-1, model.config.slots_per_chunk, model.decoder.d_model)
+
+    with torch.no_grad():
+        speech = slots_of(audio)
+        silent = slots_of(np.zeros(len(audio), np.float32))[:lead]
+        history = [(speech[c], []) for c in range(speech.shape[0])]
+        context, out = [], []  # context: (slots, pieces) in decoding order
+        for c in range(speech.shape[0]):
+            if context_chunks is not None and len(context) >= context_chunks:
+                context = [(e, []) for e in silent] + context[len(context) - carry:]
+            context.append(history[c])
+            while len(history[c][1]) < max_tokens:
+                seq = torch.cat([torch.cat((e, model.decoder.embed(torch.tensor(p, dtype=torch.long)))) for e, p in context])
+                t = int(model.decoder(seq[None])[0, -1].argmax())
+                if t == tok.blank:
                     break
+                history[c][1].append(t)
                 out.append((t, c))
-                seq.append(model.decoder.embed(torch.tensor([t]))[0])
     return out
 
 
@@ -136,35 +146,6 @@ def test_a_late_writing_model_gets_trailing_silence_and_earlier_word_times(recog
     assert late.emit_s == plain.emit_s
 
 
-def offline_greedy_restarting(model, tok, audio, max_tokens, lead, context_chunks, carry):
-    """The context-restart rule by full recomputation (``audio`` begins with ``lead`` chunks of silence):
-    before chunk c, a context of ``context_chunks`` chunks becomes ``lead`` chunks of a silent stream's
-    slots, with no pieces, plus the last ``carry`` chunks, each with the pieces written after it."""
-
-    def slots_of(samples):
-        mel = whisper_log_mel(samples, floor="running")
-        frames, _ = model.encoder.forward(mel[None], torch.tensor([mel.shape[0]]))
-        return model.speech_embeddings(frames)[0].view(-1, model.config.slots_per_chunk, model.decoder.d_model)
-
-    with torch.no_grad():
-        speech = slots_of(audio)
-        silent = slots_of(np.zeros(len(audio), np.float32))[:lead]
-        history = [(speech[c], []) for c in range(speech.shape[0])]
-        context, out = [], []  # context: (slots, pieces) in decoding order
-        for c in range(speech.shape[0]):
-            if len(context) >= context_chunks:
-                context = [(e, []) for e in silent] + context[len(context) - carry:]
-            context.append(history[c])
-            while len(history[c][1]) < max_tokens:
-                seq = torch.cat([torch.cat((e, model.decoder.embed(torch.tensor(p, dtype=torch.long)))) for e, p in context])
-                t = int(model.decoder(seq[None])[0, -1].argmax())
-                if t == tok.blank:
-                    break
-                history[c][1].append(t)
-                out.append((t, c))
-    return out
-
-
 def test_the_decoder_context_restarts_with_the_lead_in_and_the_last_chunks(recognizer):
     lead, context_chunks, carry = 1, 5, 2
     opts = DecodeOptions(max_tokens_per_chunk=3, lead_in_chunks=lead, context_chunks=context_chunks, carry_chunks=carry)
@@ -172,8 +153,8 @@ def test_the_decoder_context_restarts_with_the_lead_in_and_the_last_chunks(recog
     audio = synthetic_audio(4.0, seed=5)
     chunk = int(recognizer.model.chunk_ms * 16)  # samples
     padded = np.concatenate([np.zeros(lead * chunk, np.float32), audio])
-    expected = [(t, c - lead) for t, c in offline_greedy_restarting(rec.model, rec.tokenizer, padded, 3, lead,
-                                                                     context_chunks, carry) if c >= lead]
+    restarting = offline_greedy(rec.model, rec.tokenizer, padded, 3, lead, context_chunks, carry)
+    expected = [(t, c - lead) for t, c in restarting if c >= lead]
     assert expected, "the model emitted nothing; the test would prove nothing"
     s = rec.session()
     for i in range(0, len(audio), 3000):
@@ -190,7 +171,7 @@ def test_a_context_restarts_without_a_lead_in_too(recognizer):
     opts = DecodeOptions(max_tokens_per_chunk=3, context_chunks=4, carry_chunks=1)
     rec = Recognizer(recognizer.model, recognizer.tokenizer, opts)
     audio = synthetic_audio(3.0, seed=5)
-    expected = offline_greedy_restarting(rec.model, rec.tokenizer, audio, 3, 0, 4, 1)
+    expected = offline_greedy(rec.model, rec.tokenizer, audio, 3, 0, 4, 1)
     s = rec.session()
     s.push(audio)
     s.flush()

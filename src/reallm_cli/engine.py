@@ -36,9 +36,9 @@ class DecodeOptions:
     carry_chunks: int = 8  # chunks (with their pieces) carried into a restarted context
 
     def __post_init__(self) -> None:
-        if not 0 <= self.carry_chunks < self.context_chunks:
-            raise ValueError(f"carry_chunks must be in [0, context_chunks), got {self.carry_chunks} "
-                             f"and {self.context_chunks}")
+        if self.carry_chunks < 0 or self.lead_in_chunks + self.carry_chunks >= self.context_chunks:
+            raise ValueError(f"a restarted context ({self.lead_in_chunks} lead-in + {self.carry_chunks} carried "
+                             f"chunks) must be shorter than context_chunks ({self.context_chunks})")
 
 
 @dataclass
@@ -76,9 +76,6 @@ class Session:
         self.chunk_compute_s: list[float] = []  # wall time of each chunk's decode (encoder time excluded)
         self._closed = False
         self._lead = self._opts.lead_in_chunks
-        if self._lead + self._opts.carry_chunks >= self._opts.context_chunks:
-            raise ValueError(f"a restarted context ({self._lead} lead-in + {self._opts.carry_chunks} carried chunks) "
-                             f"must be shorter than context_chunks ({self._opts.context_chunks})")
         if self._lead:
             self._lead_in()
 
@@ -165,7 +162,7 @@ class Session:
     def _restart_context(self) -> None:
         """A fresh decoder cache holding the lead-in and the last ``carry_chunks`` chunks with their pieces."""
         dec = self._model.decoder
-        carried = self._context[len(self._context) - self._opts.carry_chunks:] if self._opts.carry_chunks else []
+        carried = self._context[len(self._context) - self._opts.carry_chunks:]
         self._context = [(emb, []) for emb in self.recognizer.lead_in_embeddings()] + carried
         self._kv = dec.init_cache(1)
         dec.step(torch.cat([torch.cat((emb, dec.embed(torch.tensor(pieces, dtype=torch.long))))

@@ -24,7 +24,6 @@ from reallm_cli.model.interleave import IGNORE, assemble_decoder_inputs, build_i
 from reallm_cli.train.batching import DurationBatchSampler
 
 
-
 def random_alignment(n_tokens: int, rng: random.Random, pieces_per_chunk: tuple[float, float] = (0.5, 1.5),
                      max_lead_chunks: int = 4) -> tuple[int, list[int]]:
     """A made-up (n_chunks, token_chunks) for a text of ``n_tokens`` pieces.
