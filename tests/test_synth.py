@@ -236,3 +236,48 @@ def test_recipe_real_copies(tmp_path):
     assert [j["id"] for j in jobs] == ["real_19-198-0001"] + [f"real_19-198-0001_aug{c}" for c in range(3)]
     assert jobs[0]["aug"] == "none" and jobs[0]["audio"] == rec["path"]
     assert {j["raw_text"] for j in jobs} == {rec["raw_text"]}
+
+
+def _fake_wordnet(folder):
+    """Four WordNet data files in the database's own line format, with a licence header line."""
+    header = "  1 This software and database is being provided to you, the LICENSEE, by Princeton\n"
+    lines = {
+        "noun": ['00001740 03 n 01 entity 0 000 | that which exists; "the entity was clear today"; '
+                 '"a short one"; "to be or not to be"--Shakespeare  \n',
+                 '00002137 03 n 01 sum 0 000 | an amount; "he paid 5 dollars"; "two words"; '
+                 '"She Sold (some) shells"  \n'],
+        "verb": ['00001740 29 v 01 breathe 0 000 | draw air; "She breathes deeply after a run"  \n'],
+        "adj": ['00001740 00 a 01 able 0 000 | having means; "able to swim"; "The entity was clear today"  \n'],
+        "adv": ['00001837 02 r 01 barely 0 000 | only just; "we barely made the train"  \n'],
+    }
+    for pos, rows in lines.items():
+        (folder / f"data.{pos}").write_text(header + "".join(rows), encoding="latin-1")
+
+
+def test_recipe_reads_wordnet_usage_examples(tmp_path):
+    md = _recipe()
+    _fake_wordnet(tmp_path)
+    rows = md.read_wordnet_examples(tmp_path)
+    # quoted examples only; no glosses, no signed quotation, no digits or brackets, nothing under three words,
+    # and one copy of a sentence that two synsets share (the adjective's comes first)
+    assert rows == sorted([("wna00001740_1", "able to swim"), ("wna00001740_2", "The entity was clear today"),
+                           ("wnn00001740_2", "a short one"), ("wnr00001837_1", "we barely made the train"),
+                           ("wnv00001740_1", "She breathes deeply after a run")])
+    pairs = md.wordnet_texts(tmp_path)
+    assert len(pairs) == 2 and pairs == md.wordnet_texts(tmp_path)
+    for pid, text in pairs:
+        assert pid.startswith("wn") and "+" in pid
+        first, second = text.split(". ")
+        assert first[0].isupper() and second[0].isupper() and text.endswith(".")
+
+
+def test_recipe_wordnet_hours_come_on_top_of_the_plan(tmp_path, planner):
+    md = planner
+    _fake_wordnet(tmp_path)
+    held, base = md.make_plan(tmp_path, hours=0.2, real_s=0.0)
+    held_wn, with_wn = md.make_plan(tmp_path, hours=0.2, real_s=0.0, wordnet_hours=1.0, wordnet_dir=tmp_path)
+    added = [j for j in with_wn if j["id"].startswith("wn")]
+    assert held_wn == held and sorted(base, key=lambda j: j["id"]) == sorted(
+        [j for j in with_wn if not j["id"].startswith("wn")], key=lambda j: j["id"])
+    assert {j["raw_text"] for j in added} == {t for _, t in md.wordnet_texts(tmp_path)}
+    assert all(j["voice"] in md.VOICE_SHARE for j in added)

@@ -40,6 +40,9 @@ from reallm_cli.train.pseudo_label import RAW_LABELS_NAME, assemble_model_dir, l
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 LJ_TSV = SHARED / "text" / "ljspeech-sentences.tsv"
+# WordNet 3.0's database files (Debian package wordnet-base; WordNet 3.0 licence, permissive): their usage
+# examples are short everyday sentences over a far larger vocabulary than LJ Speech's
+WORDNET_DIR = Path("/usr/share/wordnet")
 UNLABELED_DIR = SHARED / "data" / "unlabeled-real"
 WHISPER_DIR = Path("/work/cache/whisper-base-ct2")
 
@@ -69,7 +72,7 @@ VOICE_SHARE = {
     "espeak-us-whisper": 0.01,
 }
 # measured actual/estimated duration on the first 4.5 h made (see estimate_s)
-ESTIMATE_RATIO = {"lj": 0.845, "short": 0.79}
+ESTIMATE_RATIO = {"lj": 0.845, "short": 0.79, "wn": 0.82}
 SHORT_SHARE = 0.25  # of synthetic audio: digits, numbers, dates, phrases, conversation
 
 
@@ -98,6 +101,48 @@ def split_lj(rows: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[t
     train = [r for r in rows if r[0] not in held]
     heldout = sorted((r for r in rows if r[0] in held), key=lambda r: r[0])
     return train, heldout
+
+
+WORDNET_EXAMPLE = re.compile(r'"([^"]+)"(.*)')
+WORDNET_OK = re.compile(r"[A-Za-z][A-Za-z ,.;:!?'-]*")
+
+
+def read_wordnet_examples(wordnet_dir: Path = WORDNET_DIR) -> list[tuple[str, str]]:
+    """(id, sentence) for WordNet's usage examples: the quoted parts of each synset's gloss.
+
+    Kept: three words or more, letters and plain punctuation only, no attribution (quotations
+    signed ``--Author`` are dropped, so no literary text comes in). Ids are ``wn`` + part of speech
+    + synset offset + example index, stable across runs; sorted, de-duplicated by text."""
+    out, seen = [], set()
+    for pos, letter in (("adj", "a"), ("adv", "r"), ("noun", "n"), ("verb", "v")):  # WordNet's own letters
+        path = wordnet_dir / f"data.{pos}"
+        for line in path.read_text(encoding="latin-1").splitlines():
+            if line.startswith("  ") or "|" not in line:  # the licence header lines start with two spaces
+                continue
+            offset = line.split(" ", 1)[0]
+            for k, part in enumerate(p.strip() for p in line.split("|", 1)[1].split(";")):
+                m = WORDNET_EXAMPLE.fullmatch(part)
+                if not m or m.group(2).strip():
+                    continue
+                text = m.group(1).strip()
+                if len(text.split()) < 3 or not WORDNET_OK.fullmatch(text) or text.lower() in seen:
+                    continue
+                seen.add(text.lower())
+                out.append((f"wn{letter}{offset}_{k}", text))
+    return sorted(out)
+
+
+def wordnet_texts(wordnet_dir: Path = WORDNET_DIR) -> list[tuple[str, str]]:
+    """WordNet examples in seeded random pairs, each pair one utterance of about five seconds
+    ("First example. Second example."), so that utterances are as long as the LJ ones."""
+    rows = read_wordnet_examples(wordnet_dir)
+    random.Random(PLAN_SEED + 4).shuffle(rows)
+
+    def sentence(t: str) -> str:
+        t = t[0].upper() + t[1:]
+        return t if t[-1] in ".!?" else t + "."
+
+    return [(f"{a[0]}+{b[0][2:]}", f"{sentence(a[1])} {sentence(b[1])}") for a, b in zip(rows[::2], rows[1::2])]
 
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -199,9 +244,12 @@ def estimate_s(raw: str) -> float:
 # plan
 
 
-def make_plan(out: Path, hours: float, real_s: float,
-              real_copies: int = REAL_AUG_COPIES) -> tuple[list[dict], list[dict]]:
-    """Every utterance to produce, in production order: held-out sets, real copies, then shuffled synthetic."""
+def make_plan(out: Path, hours: float, real_s: float, real_copies: int = REAL_AUG_COPIES,
+              wordnet_hours: float = 0.0, wordnet_dir: Path = WORDNET_DIR) -> tuple[list[dict], list[dict]]:
+    """Every utterance to produce, in production order: held-out sets, real copies, then shuffled synthetic.
+
+    ``hours`` is shared by real copies, LJ sentences and short texts; ``wordnet_hours`` of WordNet
+    examples come on top, so that adding them leaves every utterance of the rest of the plan as it was."""
     lj_train, lj_held = split_lj(read_lj())
     train_voices = [v for v in VOICE_SHARE]
     assert HELDOUT_VOICE not in train_voices
@@ -225,8 +273,12 @@ def make_plan(out: Path, hours: float, real_s: float,
     # and so every utterance id, identical for the prefix of the plan that earlier runs made
     budget = {"lj": synth_s * (1 - SHORT_SHARE) / ESTIMATE_RATIO["lj"],
               "short": synth_s * SHORT_SHARE / ESTIMATE_RATIO["short"]}
+    pools = [("lj", lj), ("short", shorts)]
+    if wordnet_hours > 0:
+        budget["wn"] = wordnet_hours * 3600.0 / ESTIMATE_RATIO["wn"]
+        pools.append(("wn", wordnet_texts(wordnet_dir)))
     synth_jobs = []
-    for kind, pool in (("lj", lj), ("short", shorts)):
+    for kind, pool in pools:
         # voices are dealt so that each voice's planned seconds track its share (not its count)
         voice_s = defaultdict(float)
         total = 0.0
@@ -399,11 +451,12 @@ def write_readme(out: Path, lines: dict[str, dict], args: argparse.Namespace, el
             if m:  # (older tags 'pitch+1.3st' leave a numeric fragment, skipped)
                 aug[m.group(0)] += 1
     n_short = sum(1 for r in by_split["train"] if r["id"].startswith("short"))
+    n_wn = sum(1 for r in by_split["train"] if r["id"].startswith("wn"))
     md = [
         "# reallm default-model data",
         "",
         f"Made by `python recipes/default/make_data.py --out {out} --hours {args.hours} "
-        f"--real-copies {args.real_copies} --jobs {args.jobs}` "
+        f"--real-copies {args.real_copies} --wordnet-hours {args.wordnet_hours} --jobs {args.jobs}` "
         f"(wall clock of the last run: {elapsed_s / 60:.1f} min). Deterministic: every choice is seeded by the "
         "utterance id; existing files are skipped on reruns.",
         "",
@@ -417,7 +470,8 @@ def write_readme(out: Path, lines: dict[str, dict], args: argparse.Namespace, el
         "",
         f"Training: {len(train)} utterances, {hours:.2f} h; of the synthetic ones {n_short} are short generated "
         "texts (digits, digit strings, numbers, dates, times, money, greetings, templated conversation, speech "
-        "lines) and the rest LJ Speech sentences (minus 150 held out). Real: LibriSpeech utterances from "
+        f"lines), {n_wn} pairs of WordNet 3.0 usage examples (Princeton's WordNet licence; attributed quotations "
+        "dropped) and the rest LJ Speech sentences (minus 150 held out). Real: LibriSpeech utterances from "
         "shared/data/unlabeled-real, labelled by Whisper base (see real/LABELLING.md), each used as is plus "
         f"{args.real_copies} augmented copies.",
         "",
@@ -471,6 +525,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hours", type=float, default=8.0, help="total training hours (synthetic + real copies)")
     ap.add_argument("--real-copies", type=int, default=REAL_AUG_COPIES,
                     help="augmented copies of each pseudo-labelled real utterance (besides the original)")
+    ap.add_argument("--wordnet-hours", type=float, default=0.0,
+                    help="hours of WordNet usage examples, on top of --hours (needs --wordnet-dir)")
+    ap.add_argument("--wordnet-dir", type=Path, default=WORDNET_DIR,
+                    help="WordNet 3.0 database files (data.noun ...; Debian: apt-get install wordnet-base)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--skip-pseudo-label", action="store_true", help="use existing labels only")
     ap.add_argument("--plan-only", action="store_true")
@@ -489,13 +547,18 @@ def main(argv: list[str] | None = None) -> int:
     if not LJ_TSV.exists():
         print(f"error: {LJ_TSV} is missing", file=sys.stderr)
         return 2
+    if args.wordnet_hours > 0 and not (args.wordnet_dir / "data.noun").exists():
+        print(f"error: no WordNet database in {args.wordnet_dir} (data.noun missing; Debian package wordnet-base)",
+              file=sys.stderr)
+        return 2
     if not args.skip_pseudo_label and UNLABELED_DIR.exists():
         say("pseudo-labelling unlabeled-real (resumes if partly done)")
         label_directory(UNLABELED_DIR, assemble_model_dir(WHISPER_DIR), out / "real", cpu_threads=args.jobs)
         write_labelling_md(out)
     rjobs = real_jobs(out, args.real_copies)
     real_s = sum(sf.info(j["src"]).duration for j in rjobs if j["aug"] == "none")
-    held_jobs, synth_jobs = make_plan(out, args.hours, real_s, args.real_copies)
+    held_jobs, synth_jobs = make_plan(out, args.hours, real_s, args.real_copies, args.wordnet_hours,
+                                      args.wordnet_dir)
     all_jobs = held_jobs + rjobs + synth_jobs
     plan_s = sum(estimate_s(j["raw_text"]) for j in synth_jobs)
     say(f"plan: {len(held_jobs)} held-out, {len(rjobs)} real ({real_s / 60:.1f} min x {1 + args.real_copies}), "
