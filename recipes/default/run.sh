@@ -13,10 +13,12 @@ DROPOUT=${DROPOUT:-0.2}  # decoder dropout and dropout on the encoder frames, in
 EMIT_DELAY=${EMIT_DELAY:-1}  # chunks the decoder waits before writing a word: 0 is 240 ms sooner, less accurate
 DECODER_INIT=${DECODER_INIT:-whisper-tiny.en}  # or "none": a decoder trained from nothing (SentencePiece 512)
 SLOTS=${SLOTS:-3}  # speech embeddings per 240 ms chunk (the paper: 1)
+WORDNET_HOURS=${WORDNET_HOURS:-0}  # extra hours of WordNet usage examples (apt-get install wordnet-base)
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
 
 stamp "data ($HOURS h)"
-python recipes/default/make_data.py --out "$DATA" --hours "$HOURS" --real-copies "$REAL_COPIES" --jobs 2
+python recipes/default/make_data.py --out "$DATA" --hours "$HOURS" --real-copies "$REAL_COPIES" \
+    --wordnet-hours "$WORDNET_HOURS" --jobs 2
 stamp "import Whisper base encoder"
 [ -f "$ENCODER" ] || python scripts/import_whisper.py --model base --out "$ENCODER"
 adapt=(python recipes/default/adapt_encoder.py --manifest "$DATA/train.jsonl" --work "$WORK"
