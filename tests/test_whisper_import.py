@@ -26,8 +26,8 @@ from reallm_cli.model.whisper_import import (
     import_whisper_decoder,
     import_whisper_encoder,
     read_ct2_variables,
-    sha256_of,
 )
+from reallm_cli.weights import sha256_file
 
 torch.set_num_threads(1)
 GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
@@ -90,7 +90,7 @@ def test_parser_reads_every_dtype_scales_aliases_and_split_parts(tmp_path):
 
     assert np.abs(_dequantize(v, "encoder/q/weight").numpy() - w).max() < 0.5 / scale.min()
     assert np.abs(_dequantize(v, "encoder/r/weight").numpy() - w).max() <= 0.0005 + 1e-7
-    assert sha256_of([tmp_path / "p1", tmp_path / "p2"]) == sha256_of([tmp_path / "m.bin"])
+    assert sha256_file(tmp_path / "p1", tmp_path / "p2") == sha256_file(tmp_path / "m.bin")
 
 
 def test_parser_rejects_bad_files(tmp_path):
@@ -157,7 +157,7 @@ def test_import_maps_every_weight_and_reproduces_the_model(tmp_path):
         model.positional_embedding.normal_()
     key_bias = np.random.default_rng(1).standard_normal(32).astype(np.float32)
     write_ct2(tmp_path / "model.bin", ct2_variables_of(model, key_bias))
-    got_cfg, sd = import_whisper_encoder([tmp_path / "model.bin"], sha256_of([tmp_path / "model.bin"]))
+    got_cfg, sd = import_whisper_encoder([tmp_path / "model.bin"], sha256_file(tmp_path / "model.bin"))
     assert (got_cfg.d_model, got_cfg.n_heads, got_cfg.n_layers, got_cfg.ffn_dim, got_cfg.n_ctx) == (32, 4, 2, 80, 300)
     assert set(sd) == set(model.state_dict())
     imported = WhisperStreamingEncoder(got_cfg).eval()

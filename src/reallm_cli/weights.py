@@ -188,11 +188,13 @@ def model_statuses() -> list[ModelStatus]:
 # Download
 
 
-def sha256_file(path: Path, block_bytes: int = 1 << 20) -> str:
+def sha256_file(*paths: Path, block_bytes: int = 1 << 20) -> str:
+    """SHA-256 of the files' bytes, concatenated in order (a file split into parts hashes as the whole)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(block_bytes):
-            h.update(block)
+    for path in paths:
+        with open(path, "rb") as f:
+            while block := f.read(block_bytes):
+                h.update(block)
     return h.hexdigest()
 
 

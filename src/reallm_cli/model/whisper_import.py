@@ -20,7 +20,6 @@ does on the fly.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import re
 import struct
@@ -32,6 +31,7 @@ import torch
 
 from reallm_cli.errors import ModelError
 from reallm_cli.model.whisper_encoder import FRAME_MS, WhisperEncoderConfig, save_whisper_encoder
+from reallm_cli.weights import sha256_file
 
 SUPPORTED_BINARY_VERSIONS = (5, 6)
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: "bfloat16"}
@@ -211,16 +211,6 @@ def _layer_weights(v: dict[str, np.ndarray], src: str, dst: str, d_model: int,
     }
 
 
-def sha256_of(paths: list[Path]) -> str:
-    """SHA-256 of the parts concatenated (= of the whole model.bin)."""
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-    return h.hexdigest()
-
-
 def import_whisper_encoder(model_bin_paths: list[Path], expected_sha256: str | None = None,
                            source: str = "") -> tuple[WhisperEncoderConfig, dict[str, torch.Tensor]]:
     """Read the encoder of a CTranslate2 Whisper model.bin -> (config, float32 state_dict of our encoder)."""
@@ -228,7 +218,7 @@ def import_whisper_encoder(model_bin_paths: list[Path], expected_sha256: str | N
     if not paths:
         raise ModelError("no model.bin given")
     if expected_sha256 is not None:
-        got = sha256_of(paths)
+        got = sha256_file(*paths)
         if got != expected_sha256.lower():
             raise ModelError(f"model.bin SHA-256 mismatch: expected {expected_sha256}, got {got}")
     spec, _revision, v = read_ct2_variables(paths, prefix="encoder/")
@@ -288,7 +278,7 @@ def convert_installed_whisper(name: str, out_path: str | Path, dtype: torch.dtyp
                               verify_sha256: bool = True) -> WhisperEncoderConfig:
     """Import the installed Whisper ``name``'s encoder and save it as one safetensors file at ``out_path``."""
     paths = find_installed_whisper(name)
-    sha = sha256_of(paths)
+    sha = sha256_file(*paths)
     if verify_sha256 and sha != KNOWN_SHA256[name]:
         raise ModelError(f"installed Whisper {name} has SHA-256 {sha}, expected {KNOWN_SHA256[name]}")
     cfg, sd = import_whisper_encoder(paths, None, source=f"whisper-{name}")
