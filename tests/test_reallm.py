@@ -54,3 +54,28 @@ def test_an_old_config_without_slots_reads_as_one_slot():
     cfg = tiny_model(16).config.to_dict()
     del cfg["slots_per_chunk"]
     assert ReaLLMConfig.from_dict(cfg).slots_per_chunk == 1
+
+
+def test_averaged_model_file_holds_the_mean_of_the_weights(tmp_path):
+    from reallm_cli.errors import ModelError
+    from reallm_cli.model.checkpoint import average_models, model_extra
+
+    tok = placeholder_tokenizer(64)
+    a, b = tiny_model(vocab_size=64), tiny_model(vocab_size=64)
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(torch.randn_like(p))
+    save_model(tmp_path / "a.safetensors", a, tok, dtype=torch.float32, extra={"steps": 1})
+    save_model(tmp_path / "b.safetensors", b, tok, dtype=torch.float32, extra={"steps": 2})
+    average_models([tmp_path / "a.safetensors", tmp_path / "b.safetensors"], tmp_path / "m.safetensors",
+                   extra={"steps": 3})
+    m, _ = load_model(tmp_path / "m.safetensors")
+    sa, sb, sm = a.state_dict(), b.state_dict(), m.state_dict()
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa)
+    for k in sa:
+        torch.testing.assert_close(sm[k], (sa[k] + sb[k]) / 2)
+    assert model_extra(tmp_path / "m.safetensors") == {"steps": 3, "average_of": ["a.safetensors", "b.safetensors"]}
+    other = tiny_model(vocab_size=32)
+    save_model(tmp_path / "c.safetensors", other, placeholder_tokenizer(32))
+    with pytest.raises(ModelError, match="cannot be averaged"):
+        average_models([tmp_path / "a.safetensors", tmp_path / "c.safetensors"], tmp_path / "x.safetensors")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The default model's whole recipe, one stage after another (3-3.5 h on 2 CPU cores, from the stage times):
+# The default model's whole recipe, one stage after another (5.5-6 h on 2 CPU cores, from the stage times):
 #   nohup recipes/default/run.sh [DATA] [WORK] > run.log 2>&1 &
 # Every stage skips what it already finished, so after a kill the same command resumes.
 # The model lands in WORK/model.safetensors; recipes/default/evaluate.sh measures it.
@@ -8,12 +8,12 @@ cd "$(dirname "$0")/../.."
 DATA=${1:-/work/data} WORK=${2:-/work/runs/default}
 ENCODER=${ENCODER:-/work/cache/whisper-base-encoder.safetensors}
 HOURS=${HOURS:-40} REAL_COPIES=${REAL_COPIES:-9} START=${START:-2} ADAPT_STEPS=${ADAPT_STEPS:-700}
-TEACHER_STEPS=${TEACHER_STEPS:-3000} REALLM_STEPS=${REALLM_STEPS:-3500} REALLM_LR=${REALLM_LR:-5e-4}
+TEACHER_STEPS=${TEACHER_STEPS:-3000} REALLM_STEPS=${REALLM_STEPS:-5000} REALLM_LR=${REALLM_LR:-5e-4}
 DROPOUT=${DROPOUT:-0.2}  # decoder dropout and dropout on the encoder frames, in ReaLLM training
 EMIT_DELAY=${EMIT_DELAY:-1}  # chunks the decoder waits before writing a word: 0 is 240 ms sooner, less accurate
 DECODER_INIT=${DECODER_INIT:-whisper-tiny.en}  # or "none": a decoder trained from nothing (SentencePiece 512)
 SLOTS=${SLOTS:-3}  # speech embeddings per 240 ms chunk (the paper: 1)
-WORDNET_HOURS=${WORDNET_HOURS:-10}  # hours of WordNet usage examples on top (apt-get install wordnet-base)
+WORDNET_HOURS=${WORDNET_HOURS:-32}  # hours of WordNet usage examples on top (32: all of them; apt-get install wordnet-base)
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
 
 stamp "data ($HOURS h)"

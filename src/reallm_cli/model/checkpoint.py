@@ -43,7 +43,8 @@ def save_model(path: str | Path, model: ReaLLM, tokenizer: Tokenizer, dtype: tor
                extra: dict | None = None) -> None:
     """Write weights (``dtype``), config and tokenizer to one safetensors file, atomically."""
     path = Path(path)
-    tensors = {k: v.detach().to(dtype).contiguous() if v.is_floating_point() else v.detach().contiguous()
+    # copies: tied weights (the output head is the token embedding) must not share memory in the file
+    tensors = {k: v.detach().to(dtype, copy=True).contiguous() if v.is_floating_point() else v.detach().clone()
                for k, v in model.state_dict().items()}
     meta = {
         "format": FORMAT,
@@ -51,6 +52,11 @@ def save_model(path: str | Path, model: ReaLLM, tokenizer: Tokenizer, dtype: tor
         "tokenizer": base64.b64encode(tokenizer.model_proto).decode("ascii"),
         "extra": json.dumps(extra or {}),
     }
+    _write_atomically(path, tensors, meta)
+
+
+def _write_atomically(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """A half-written file never takes the name: write beside it, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
@@ -100,3 +106,25 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Re
 
 def model_extra(path: str | Path) -> dict:
     return json.loads(read_metadata(path).get("extra", "{}"))
+
+
+def average_models(paths: list[str | Path], out: str | Path, extra: dict | None = None) -> None:
+    """Write the mean of the weights of model files that share one config and tokenizer (checkpoints of
+    one run, or runs from one initialisation) to ``out``, in the first file's dtype. ``extra`` replaces
+    the first file's training record; the file names averaged are added to it."""
+    if len(paths) < 2:
+        raise ModelError("averaging needs at least two model files")
+    metas = [read_metadata(p) for p in paths]
+    for p, m in zip(paths[1:], metas[1:]):
+        if m["config"] != metas[0]["config"] or m["tokenizer"] != metas[0]["tokenizer"]:
+            raise ModelError(f"{p} has another config or tokenizer than {paths[0]}: its weights cannot be averaged")
+    states = [load_file(str(p)) for p in paths]
+    tensors = {}
+    for name, first in states[0].items():
+        if first.is_floating_point():
+            tensors[name] = (sum(s[name].double() for s in states) / len(states)).to(first.dtype).contiguous()
+        else:
+            tensors[name] = first
+    record = dict(extra if extra is not None else json.loads(metas[0].get("extra", "{}")))
+    record["average_of"] = [Path(p).name for p in paths]
+    _write_atomically(Path(out), tensors, dict(metas[0], extra=json.dumps(record)))
