@@ -133,6 +133,22 @@ class Session:
         self._closed = True
         return Event(final=tuple(final), partial="", audio_s=self.audio_s)
 
+    def decode_frames(self, frames: torch.Tensor) -> Event:
+        """A whole stream given as encoder frames (T, C) made elsewhere (a feature cache, another encoder)
+        instead of audio: decoded as ``push`` and ``flush`` would, and the session is closed. A model that
+        writes words late needs the frames of that much trailing silence at the end, as ``flush`` adds."""
+        if self._closed:
+            raise RuntimeError("session already flushed")
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            final = self._consume(frames.reshape(1, -1, self._model.encoder.out_dim), last=True)
+            if self._word is not None:
+                final.append(self._finish_word(self._word))
+                self._word = None
+        self.compute_s += time.perf_counter() - t0
+        self._closed = True
+        return Event(final=tuple(final), partial="", audio_s=frames.shape[-2] * self._model.encoder.frame_ms / 1000)
+
     @property
     def partial_text(self) -> str:
         return self._tok.decode(self._word.pieces).strip() if self._word else ""
