@@ -376,6 +376,12 @@ def test_device_without_16khz_is_resampled(monkeypatch):
 
     for key in ("PULSE_SERVER", "PULSE_SOURCE"):
         monkeypatch.setenv(key, _pulse_env()[key])
+    # PortAudio lists devices once, when first loaded: an earlier test may have loaded it without the
+    # server in this process's environment (the subprocess tests get it in theirs), so list them again
+    import sounddevice as sd
+
+    sd._terminate()
+    sd._initialize()
     monkeypatch.setattr(microphone.Microphone, "_pick_rate", lambda self: 48000)
     mic = microphone.Microphone("pulse")
     got = 0

@@ -125,13 +125,9 @@ class Session:
                      self._encode(self._mel.flush())]
             f, self._enc_state = self._model.encoder.flush(self._enc_state)
             parts.append(f)
-            final = self._consume(torch.cat([p.reshape(1, -1, self._model.encoder.out_dim) for p in parts], 1), last=True)
-            if self._word is not None:
-                final.append(self._finish_word(self._word))
-                self._word = None
         self.compute_s += time.perf_counter() - t0
-        self._closed = True
-        return Event(final=tuple(final), partial="", audio_s=self.audio_s)
+        return self._finish(torch.cat([p.reshape(1, -1, self._model.encoder.out_dim) for p in parts], 1),
+                            self.audio_s)
 
     def decode_frames(self, frames: torch.Tensor) -> Event:
         """A whole stream given as encoder frames (T, C) made elsewhere (a feature cache, another encoder)
@@ -139,15 +135,20 @@ class Session:
         writes words late needs the frames of that much trailing silence at the end, as ``flush`` adds."""
         if self._closed:
             raise RuntimeError("session already flushed")
+        return self._finish(frames.reshape(1, -1, self._model.encoder.out_dim),
+                            frames.shape[-2] * self._model.encoder.frame_ms / 1000)
+
+    def _finish(self, frames: torch.Tensor, audio_s: float) -> Event:
+        """Decode the stream's last encoder frames (1, T, C), the tail chunk too; every word becomes final."""
         t0 = time.perf_counter()
         with torch.inference_mode():
-            final = self._consume(frames.reshape(1, -1, self._model.encoder.out_dim), last=True)
+            final = self._consume(frames, last=True)
             if self._word is not None:
                 final.append(self._finish_word(self._word))
                 self._word = None
         self.compute_s += time.perf_counter() - t0
         self._closed = True
-        return Event(final=tuple(final), partial="", audio_s=frames.shape[-2] * self._model.encoder.frame_ms / 1000)
+        return Event(final=tuple(final), partial="", audio_s=audio_s)
 
     @property
     def partial_text(self) -> str:
