@@ -22,7 +22,6 @@ from pathlib import Path
 
 import jiwer
 import numpy as np
-import torch
 
 from reallm_cli.audio.source import load_audio
 from reallm_cli.engine import Recognizer
@@ -44,7 +43,6 @@ def main() -> int:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
     ap.add_argument("--all", action="store_true", help="keep fsdd's digits")
     args = ap.parse_args()
-    torch.set_num_threads(2)
     try:
         rec = Recognizer.load(args.model, precision=args.precision)
         model = rec.model

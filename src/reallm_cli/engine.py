@@ -135,11 +135,10 @@ class Session:
         writes words late needs the frames of that much trailing silence at the end, as ``flush`` adds."""
         if self._closed:
             raise RuntimeError("session already flushed")
-        return self._finish(frames.reshape(1, -1, self._model.encoder.out_dim),
-                            frames.shape[-2] * self._model.encoder.frame_ms / 1000)
+        return self._finish(frames, frames.shape[-2] * self._model.encoder.frame_ms / 1000)
 
     def _finish(self, frames: torch.Tensor, audio_s: float) -> Event:
-        """Decode the stream's last encoder frames (1, T, C), the tail chunk too; every word becomes final."""
+        """Decode the stream's last encoder frames ((1,) T, C), the tail chunk too; every word becomes final."""
         t0 = time.perf_counter()
         with torch.inference_mode():
             final = self._consume(frames, last=True)
