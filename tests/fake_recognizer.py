@@ -78,7 +78,7 @@ class LevelRecognizer:
     threshold_db = -40.0
 
     @classmethod
-    def load(cls, model: str | None, precision: str = "fp32") -> "LevelRecognizer":
+    def load(cls, model: str | None, precision: str = "auto") -> "LevelRecognizer":
         if model == "missing-model":
             raise ModelError("model file not found: missing-model")
         return cls()

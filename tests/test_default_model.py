@@ -88,10 +88,12 @@ def test_recognises_real_speech_with_no_model_option(real_speech):
     assert wer < 0.3, (wer, hyps)
 
 
-def test_int8_precision_recognises_real_speech_too():
-    refs, hyps = zip(*dev_real_sentences(options=("--precision", "int8")).values())
+# measured when shipped: fp32 0.172, bf16 0.172, int8 0.183 (the default, auto, is one of fp32 and bf16)
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_every_precision_recognises_real_speech_too(precision):
+    refs, hyps = zip(*dev_real_sentences(options=("--precision", precision)).values())
     wer = jiwer.wer(list(refs), [h or "-" for h in hyps])
-    assert wer < 0.3, (wer, hyps)  # measured when shipped: 0.183
+    assert wer < 0.3, (wer, hyps)
 
 
 def test_an_unknown_precision_is_one_line_and_an_error():

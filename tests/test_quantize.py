@@ -1,4 +1,5 @@
-"""Int8 inference: the encoder, the decoder layers and the output head are converted; outputs stay close."""
+"""Reduced precision (bf16, int8): the encoder, the decoder layers and the output head are converted;
+outputs stay close; ``auto`` picks bf16 only where the CPU multiplies it natively."""
 
 import pytest
 import torch
@@ -9,15 +10,18 @@ from reallm_cli.audio.features import whisper_log_mel
 from reallm_cli.bench import synthetic_audio
 from reallm_cli.engine import DecodeOptions, Recognizer
 from reallm_cli.model.presets import placeholder_tokenizer
-from reallm_cli.model.quantize import PrecisionError, apply_precision, int8_supported, parameter_count
+import reallm_cli.model.quantize as quantize
+from reallm_cli.model.quantize import (Bf16Linear, PrecisionError, apply_precision, int8_supported, parameter_count,
+                                       resolve_precision)
 
-pytestmark = pytest.mark.skipif(not int8_supported(), reason="this PyTorch build has no int8 engine")
+needs_int8 = pytest.mark.skipif(not int8_supported(), reason="this PyTorch build has no int8 engine")
 
 
 def _linears(module: nn.Module) -> list[str]:
     return [n for n, m in module.named_modules() if type(m) is nn.Linear]
 
 
+@needs_int8
 def test_int8_converts_the_encoder_decoder_layers_and_a_copy_of_the_output_head():
     model = tiny_model(64).eval()
     n_enc, n_dec = len(_linears(model.encoder)), len(_linears(model.decoder.layers))
@@ -46,10 +50,11 @@ def test_fp32_leaves_the_model_alone_and_unknown_precisions_are_refused():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     apply_precision(model, "fp32")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    with pytest.raises(PrecisionError, match="fp32, int8"):
+    with pytest.raises(PrecisionError, match="auto, fp32, bf16, int8"):
         apply_precision(model, "fp8")
 
 
+@needs_int8
 def test_int8_encoder_output_stays_close_to_fp32():
     model = tiny_model(64).eval()
     mel = whisper_log_mel(synthetic_audio(3.0, seed=1), floor="running")[None]  # (1, T, 80)
@@ -62,6 +67,7 @@ def test_int8_encoder_output_stays_close_to_fp32():
     assert 0 < rel < 0.05, rel  # changed (it is int8), but by little
 
 
+@needs_int8
 def test_an_int8_session_streams_like_any_other():
     tok = placeholder_tokenizer(64)
     model = apply_precision(tiny_model(tok.vocab_size).eval(), "int8")
@@ -74,6 +80,7 @@ def test_an_int8_session_streams_like_any_other():
     assert s.chunks_done >= 8
 
 
+@needs_int8
 def test_parameter_count_still_sees_the_int8_weights():
     model = tiny_model(64).eval()
     before = parameter_count(model)
@@ -92,3 +99,50 @@ def test_an_unknown_precision_is_refused_before_the_model_loads(monkeypatch):
     monkeypatch.setattr(weights, "resolve_model", fail)
     with pytest.raises(PrecisionError, match="got 'fp8'"):
         Recognizer.load(None, precision="fp8")
+
+
+def test_bf16_converts_the_same_layers_and_keeps_float32_between_them():
+    model = tiny_model(64).eval()
+    n_enc, n_dec = len(_linears(model.encoder)), len(_linears(model.decoder.layers))
+    embedding = model.decoder.tok_embeddings.weight.detach().clone()
+    x = torch.randn(1, 3, model.decoder.d_model)
+    with torch.no_grad():
+        logits = model.decoder.output(x)
+    apply_precision(model, "bf16")
+    assert _linears(model.encoder) == [] and _linears(model.decoder.layers) == []
+    for part, n in ((model.encoder, n_enc), (model.decoder.layers, n_dec)):
+        layers = [m for m in part.modules() if isinstance(m, Bf16Linear)]
+        assert len(layers) == n and all(m.weight.dtype == torch.bfloat16 for m in layers)
+    assert isinstance(model.decoder.output, Bf16Linear)
+    with torch.no_grad():
+        got = model.decoder.output(x)
+    assert got.dtype == torch.float32
+    err = (got - logits).abs().max().item()
+    assert 0 < err < 0.02 * logits.abs().max().item()
+    assert torch.equal(model.decoder.tok_embeddings.weight, embedding)  # the tied embedding is untouched
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # norms, stem, projector: float32
+
+
+def test_bf16_encoder_output_stays_close_to_fp32_and_counts_the_same_weights():
+    model = tiny_model(64).eval()
+    before = parameter_count(model)
+    mel = whisper_log_mel(synthetic_audio(3.0, seed=1), floor="running")[None]
+    lengths = torch.tensor([mel.shape[1]])
+    with torch.no_grad():
+        ref, _ = model.encoder(mel, lengths)
+        apply_precision(model, "bf16")
+        got, _ = model.encoder(mel, lengths)
+    rel = float((got - ref).norm() / ref.norm())
+    assert 0 < rel < 0.02, rel
+    assert parameter_count(model) == before
+
+
+@pytest.mark.parametrize("flags, expected", [("fpu avx2 avx512f avx512_bf16", "bf16"), ("fpu amx_bf16 amx_tile", "bf16"),
+                                             ("fpu avx2 avx512f avx512_vnni", "fp32"), (None, "fp32")])
+def test_auto_is_bf16_only_where_the_cpu_multiplies_it(monkeypatch, tmp_path, flags, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    if flags is not None:
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\n")
+    monkeypatch.setattr(quantize, "CPUINFO", str(cpuinfo))
+    assert resolve_precision("auto") == expected
+    assert resolve_precision("int8") == "int8" and resolve_precision("fp32") == "fp32"

@@ -41,6 +41,7 @@ class BenchResult:
     delay_p50_s: float | None = None
     delay_p95_s: float | None = None
     text: str = ""
+    precision: str = ""
     extra: dict = field(default_factory=dict)
 
 
@@ -108,4 +109,5 @@ def run_bench(
         peak_rss_mb=round(peak_rss_mb(), 1),
         n_params=parameter_count(recognizer.model),
         text=" ".join(w.text for w in words),
+        precision=getattr(recognizer, "precision", "fp32"),
     )

@@ -240,9 +240,10 @@ class Recognizer:
 
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, model, tokenizer: Tokenizer, options: DecodeOptions | None = None):
+    def __init__(self, model, tokenizer: Tokenizer, options: DecodeOptions | None = None, precision: str = "fp32"):
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.precision = precision  # what the model's linear layers run in (``model.quantize``)
         self._lead_in_embeddings: dict[int, list[torch.Tensor]] = {}  # by lead-in length
         cfg = model.config
         self.options = options or DecodeOptions(max_tokens_per_chunk=cfg.max_tokens_per_chunk,
@@ -250,17 +251,17 @@ class Recognizer:
                                                 emit_delay_chunks=cfg.emit_delay_chunks)
 
     @classmethod
-    def load(cls, model: str | Path | None = None, precision: str = "fp32", **option_overrides) -> "Recognizer":
-        """Load by registry name, path, or None for the embedded default model; ``precision`` is fp32 or
-        int8 (the encoder's linear layers quantized, see ``model.quantize``)."""
+    def load(cls, model: str | Path | None = None, precision: str = "auto", **option_overrides) -> "Recognizer":
+        """Load by registry name, path, or None for the embedded default model; ``precision`` is auto, fp32,
+        bf16 or int8 (the linear layers converted on load, see ``model.quantize``)."""
         from reallm_cli.model.checkpoint import load_model
-        from reallm_cli.model.quantize import apply_precision, check_precision
+        from reallm_cli.model.quantize import apply_precision, resolve_precision
         from reallm_cli.weights import resolve_model
 
-        check_precision(precision)
+        precision = resolve_precision(precision)
         m, tok = load_model(resolve_model(model))
         apply_precision(m, precision)
-        rec = cls(m, tok)
+        rec = cls(m, tok, precision=precision)
         if option_overrides:
             rec.options = replace(rec.options, **option_overrides)
         return rec

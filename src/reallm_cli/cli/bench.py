@@ -16,7 +16,7 @@ from reallm_cli.errors import ReallmError
 def bench_command(
     chunk_ms: Annotated[int, typer.Option("--chunk-ms", help="Chunk length in ms (a multiple of the encoder frame: 40 ms for presets, 20 ms for Whisper models).", min=40, max=4000)] = 240,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name or path (default: the embedded model).", show_default=False)] = None,
-    precision: Precision = "fp32",
+    precision: Precision = "auto",
     preset: Annotated[Optional[str], typer.Option("--preset", help="Measure a randomly initialised preset instead: paper-80m or small.", show_default=False)] = None,
     file: Annotated[Optional[str], typer.Option("--file", help="Audio file to stream (default: synthetic audio with no words, so the decoder is nearly idle: pass speech for a realistic figure).", show_default=False)] = None,
     duration_s: Annotated[float, typer.Option("--duration", help="Seconds of audio to stream (synthetic audio, or the file's first seconds).", min=1, max=36000)] = 60.0,
@@ -45,9 +45,10 @@ def bench_command(
         except ValueError as exc:
             raise ReallmError(f"--chunk-ms {chunk_ms} does not fit preset {preset}: {exc}") from exc
         torch.manual_seed(0)
-        from reallm_cli.model.quantize import apply_precision
+        from reallm_cli.model.quantize import apply_precision, resolve_precision
 
-        recognizer = Recognizer(apply_precision(build_model(config).eval(), precision), tok)
+        precision = resolve_precision(precision)
+        recognizer = Recognizer(apply_precision(build_model(config).eval(), precision), tok, precision=precision)
         name = f"{preset} (random weights)"
     else:
         recognizer = Recognizer.load(model, precision=precision)
@@ -79,7 +80,7 @@ def bench_command(
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"reallm bench: {name}, {result.chunk_ms} ms chunks, {result.threads} threads")
+    t = Table(title=f"reallm bench: {name}, {result.precision}, {result.chunk_ms} ms chunks, {result.threads} threads")
     t.add_column("measure")
     t.add_column("value", justify="right")
     rows = [

@@ -13,7 +13,7 @@ from reallm_cli.cli.options import Precision
 def eval_command(
     manifest: Annotated[Path, typer.Argument(help="JSON Lines manifest: audio, text (duration optional).", show_default=False)],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name or path (default: the embedded model).", show_default=False)] = None,
-    precision: Precision = "fp32",
+    precision: Precision = "auto",
     group_by: Annotated[str, typer.Option("--group-by", help="WER per group: dir (first folder of the audio path), id, or none.")] = "dir",
     alignments: Annotated[Optional[Path], typer.Option("--alignments", help="Reference word times (JSONL id, words[word, end_s]) for emission delay.", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--json", help="Write the full report (with every hypothesis) here.", show_default=False)] = None,
@@ -40,7 +40,7 @@ def eval_command(
     with err.status("evaluating") as status:
         report = evaluate(recognizer, manifest, model or "default", group_by, alignments, limit,
                           on_utterance=lambda i, n, r: status.update(f"evaluating {i}/{n}"))
-    t = Table(title=f"reallm eval: {manifest.name}")
+    t = Table(title=f"reallm eval: {manifest.name} ({recognizer.precision})")
     for col in ("group", "utterances", "words", "WER %", "sub", "del", "ins"):
         t.add_column(col, justify="left" if col == "group" else "right")
     for g in report.groups:

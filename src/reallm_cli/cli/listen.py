@@ -35,7 +35,7 @@ from reallm_cli.errors import ReallmError
 TEST_RECOGNIZER_ENV = "REALLM_TEST_RECOGNIZER"
 
 
-def load_recognizer(model: str | None, precision: str = "fp32"):
+def load_recognizer(model: str | None, precision: str = "auto"):
     """The real recogniser, or the test double named by $REALLM_TEST_RECOGNIZER."""
     spec = os.environ.get(TEST_RECOGNIZER_ENV)
     if spec:
@@ -66,7 +66,7 @@ def print_devices() -> None:
 
 def listen_command(
     model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="NAME|FILE", help="Model name (see `reallm models`) or file; default: the embedded model.", show_default=False)] = None,
-    precision: Precision = "fp32",
+    precision: Precision = "auto",
     device: Annotated[Optional[str], typer.Option("--device", "-d", metavar="NAME|INDEX", help="Input device: index or (part of) its name; default: the system default.", show_default=False)] = None,
     list_devices: Annotated[bool, typer.Option("--list-devices", help="List input devices and exit.")] = False,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE", help="Also write the transcript here as it is recognised (txt, srt, vtt, json, jsonl).", show_default=False)] = None,
@@ -95,7 +95,7 @@ def listen_command(
                quiet=quiet, open_writer=open_stream_writer)
 
 
-def run_listen(*, model, precision="fp32", device, output, fmt, append, duration_s, quiet, open_writer) -> None:
+def run_listen(*, model, precision="auto", device, output, fmt, append, duration_s, quiet, open_writer) -> None:
     from rich.console import Console
     from rich.live import Live
 

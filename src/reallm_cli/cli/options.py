@@ -8,5 +8,6 @@ import typer
 
 Precision = Annotated[str, typer.Option(
     "--precision",
-    help="fp32, or int8: the encoder's and decoder's linear layers quantized on load "
-         "(faster, slightly less accurate; see the model card).")]
+    help="auto: bf16 on a CPU that multiplies bfloat16 natively (AVX512-BF16 or AMX), else fp32. "
+         "bf16 or int8: the encoder's and decoder's linear layers converted on load (faster; int8 is "
+         "slightly less accurate; see the model card).")]

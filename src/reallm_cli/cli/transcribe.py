@@ -16,7 +16,7 @@ from reallm_cli.errors import ReallmError
 def transcribe_command(
     files: Annotated[list[str], typer.Argument(help="Audio files (wav, flac, ogg, mp3; any rate), or - for a WAV on stdin.", show_default=False)],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name or path (default: the embedded model).", show_default=False)] = None,
-    precision: Precision = "fp32",
+    precision: Precision = "auto",
     fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="txt, srt, vtt, json or jsonl.", show_default=False)] = None,
     output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Write <name>.<format> files here (atomically) instead of stdout.", show_default=False)] = None,
     block_s: Annotated[float, typer.Option("--block-s", help="Seconds of audio pushed per step; any value gives the same words.", min=0.01, max=600)] = 8.0,
