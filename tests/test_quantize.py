@@ -54,17 +54,17 @@ def test_fp32_leaves_the_model_alone_and_unknown_precisions_are_refused():
         apply_precision(model, "fp8")
 
 
-@needs_int8
-def test_int8_encoder_output_stays_close_to_fp32():
+@pytest.mark.parametrize("precision, tolerance", [pytest.param("int8", 0.05, marks=needs_int8), ("bf16", 0.02)])
+def test_encoder_output_stays_close_to_fp32(precision, tolerance):
     model = tiny_model(64).eval()
     mel = whisper_log_mel(synthetic_audio(3.0, seed=1), floor="running")[None]  # (1, T, 80)
     lengths = torch.tensor([mel.shape[1]])
     with torch.no_grad():
         ref, _ = model.encoder(mel, lengths)
-        apply_precision(model, "int8")
+        apply_precision(model, precision)
         got, _ = model.encoder(mel, lengths)
     rel = float((got - ref).norm() / ref.norm())
-    assert 0 < rel < 0.05, rel  # changed (it is int8), but by little
+    assert 0 < rel < tolerance, rel  # changed (it is not fp32), but by little
 
 
 @needs_int8
@@ -123,17 +123,11 @@ def test_bf16_converts_the_same_layers_and_keeps_float32_between_them():
     assert all(p.dtype == torch.float32 for p in model.parameters())  # norms, stem, projector: float32
 
 
-def test_bf16_encoder_output_stays_close_to_fp32_and_counts_the_same_weights():
+def test_parameter_count_sees_the_bf16_weights():
     model = tiny_model(64).eval()
     before = parameter_count(model)
-    mel = whisper_log_mel(synthetic_audio(3.0, seed=1), floor="running")[None]
-    lengths = torch.tensor([mel.shape[1]])
-    with torch.no_grad():
-        ref, _ = model.encoder(mel, lengths)
-        apply_precision(model, "bf16")
-        got, _ = model.encoder(mel, lengths)
-    rel = float((got - ref).norm() / ref.norm())
-    assert 0 < rel < 0.02, rel
+    apply_precision(model, "bf16")
+    assert sum(p.numel() for p in model.parameters()) < before  # the bf16 weights are buffers
     assert parameter_count(model) == before
 
 

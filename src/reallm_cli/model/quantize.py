@@ -7,12 +7,13 @@ bfloat16 keeps float32's range and 8 bits of mantissa: on a CPU with bfloat16 do
 accumulation. Other CPUs have no such instructions, so bf16 is not expected to be faster there, and
 ``auto`` picks it only on CPUs that report them.
 
-``int8``: PyTorch's dynamic quantization stores each ``nn.Linear`` weight as int8 (one scale per output row) and
-quantizes the activations on the fly, per call; matrix products run in int8 with int32 accumulation
-(fbgemm on x86, qnnpack on ARM). Nothing is trained or calibrated, so any checkpoint can run this way.
+``int8``: PyTorch's dynamic quantization stores each ``nn.Linear`` weight as int8 (one scale per
+output row) and quantizes the activations on the fly, per call; matrix products run in int8 with int32
+accumulation (fbgemm on x86, qnnpack on ARM). Nothing is trained or calibrated, so any checkpoint can
+run either way.
 
-Converted, in both: the encoder's linear layers (compute-bound: 12 frames a chunk), the decoder's transformer
-layers and its output head (memory-bound: one position a step, so reading 4x fewer weight bytes is the
+Converted, in both: the encoder's linear layers (compute-bound: 12 frames a chunk), the decoder's
+transformer layers and its output head (memory-bound: one position a step, so reading 4x fewer weight bytes is the
 win; a head over the 17,896-token vocabulary is 6.9 M weights, a third of a decoder step). The head
 gets its own converted copy; the token embedding it is tied to stays fp32, as does the projector.
 Measured figures are in the model card (weights/README.md).
@@ -110,10 +111,10 @@ def check_precision(precision: str) -> str:
 
 
 def parameter_count(model: nn.Module) -> int:
-    """Weights in the model, the int8-packed linear layers included (``parameters()`` no longer sees them)."""
+    """Weights in the model, the converted linear layers included (``parameters()`` no longer sees them)."""
     n = count_parameters(model)
     for name, m in model.named_modules():
-        # the int8 output head is a copy of the token embedding (tied in the file), already counted
+        # the converted output head is a copy of the token embedding (tied in the file), already counted
         if name.endswith("decoder.output"):
             continue
         if isinstance(m, torch.ao.nn.quantized.dynamic.Linear):
