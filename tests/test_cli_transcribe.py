@@ -86,11 +86,12 @@ def test_eval_writes_report(model_file, shared_data, tmp_path):
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"id": "jfk", "audio": str(shared_data / "dev-real" / "jfk.flac"),
                                     "text": "And so, my fellow Americans"}) + "\n")
-    r = reallm("eval", manifest, "--model", model_file, "--json", tmp_path / "r.json")
+    r = reallm("eval", manifest, "--model", model_file, "--json", tmp_path / "r.json", "--precision", "bf16")
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["utterances"] == 1 and rep["wer"] > 0.5  # random weights cannot be right
     assert rep["rtf"] > 0
+    assert rep["precision"] == "bf16" and "(bf16)" in r.stdout  # the report says what ran
 
 
 @pytest.mark.parametrize("group_by, rows", [("none", ["all"]), ("id", ["a", "b", "all"])])

@@ -49,6 +49,7 @@ class EvalReport:
     delay_p95_s: float | None
     delay_words: int
     results: tuple[dict, ...] = field(default=(), repr=False)
+    precision: str = "fp32"  # what the model's linear layers ran in
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -144,5 +145,5 @@ def evaluate(
         groups=tuple(groups),
         delay_p50_s=round(float(np.percentile(delays, 50)), 3) if delays else None,
         delay_p95_s=round(float(np.percentile(delays, 95)), 3) if delays else None,
-        delay_words=len(delays), results=tuple(results),
+        delay_words=len(delays), results=tuple(results), precision=getattr(recognizer, "precision", "fp32"),
     )
