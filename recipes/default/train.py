@@ -99,6 +99,9 @@ def main() -> None:
                     help="speech embeddings per chunk, each from an equal slice of its frames (the paper: 1)")
     ap.add_argument("--stages", default="features,tokenizer,lm,teacher,align,retokenize,reallm,export")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true",
+                    help="bf16 autocast in the LM, teacher and ReaLLM stages (2-2.5x faster decoder steps on a CPU "
+                         "with AVX512-BF16; the shipped model was trained in fp32)")
     args = ap.parse_args()
     stages, work = start_run(args)
     t_stage: dict[str, float] = json.loads((work / "times.json").read_text()) if (work / "times.json").exists() else {}
@@ -171,7 +174,8 @@ def main() -> None:
             return loss, {"audio_s": stats["pieces"]}  # throughput reads as pieces/s here
 
         run_loop(decoder, loss_fn, lambda epoch: text_batches(lengths, args.lm_max_pieces, 3, epoch), lambda b: b,
-                 LoopConfig(total_steps=args.lm_steps, lr=1e-3, warmup_steps=min(200, args.lm_steps // 5), log_every=10), lm_path, log)
+                 LoopConfig(total_steps=args.lm_steps, lr=1e-3, warmup_steps=min(200, args.lm_steps // 5), log_every=10,
+                            bf16=args.bf16 or None), lm_path, log)
 
     if args.lm_steps > 0:
         timed("lm", lm)
@@ -192,7 +196,7 @@ def main() -> None:
 
         run_loop(head, loss_fn, sampler(keep, seed=1),
                  lambda idx: make_batch(train_store, idx, token_lists),
-                 LoopConfig(total_steps=args.teacher_steps, lr=1e-3, warmup_steps=200), work / "teacher.pt", log)
+                 LoopConfig(total_steps=args.teacher_steps, lr=1e-3, warmup_steps=200, bf16=args.bf16 or None), work / "teacher.pt", log)
 
     timed("teacher", teacher)
     head.load_state_dict(torch.load(work / "teacher.pt", weights_only=False)["model"])
@@ -283,7 +287,8 @@ def main() -> None:
             log(f"decoder warm-started from {lm_path}")
         run_loop(trainable, loss_fn, sampler(aligned, seed=2),
                  lambda idx: make_batch(train_store, idx, dec_token_lists),
-                 LoopConfig(total_steps=args.reallm_steps, lr=args.reallm_lr, warmup_steps=500), work / "reallm.pt", log)
+                 LoopConfig(total_steps=args.reallm_steps, lr=args.reallm_lr, warmup_steps=500,
+                            bf16=args.bf16 or None), work / "reallm.pt", log)
 
     timed("reallm", reallm)
 
