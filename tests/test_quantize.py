@@ -138,5 +138,14 @@ def test_auto_is_bf16_only_where_the_cpu_multiplies_it(monkeypatch, tmp_path, fl
     if flags is not None:
         cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\n")
     monkeypatch.setattr(quantize, "CPUINFO", str(cpuinfo))
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
     assert resolve_precision("auto") == expected
     assert resolve_precision("int8") == "int8" and resolve_precision("fp32") == "fp32"
+
+
+def test_auto_is_fp32_without_onednn(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("flags\t\t: fpu avx512_bf16\n")
+    monkeypatch.setattr(quantize, "CPUINFO", str(cpuinfo))
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert resolve_precision("auto") == "fp32"

@@ -35,7 +35,10 @@ CPUINFO = "/proc/cpuinfo"
 
 
 def native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (Linux reports it in /proc/cpuinfo; elsewhere: no)."""
+    """Whether this CPU multiplies bfloat16 natively (Linux reports it in /proc/cpuinfo; elsewhere: no) and
+    torch has oneDNN to do it with."""
+    if not torch.backends.mkldnn.is_available():
+        return False
     try:
         with open(CPUINFO) as f:
             for line in f:
