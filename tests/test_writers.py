@@ -89,6 +89,19 @@ def test_write_transcript_atomic(tmp_path, monkeypatch):
     assert output_path(tmp_path, "/x/talk.wav", "vtt") == tmp_path / "talk.vtt"
 
 
+def test_an_atomic_write_gets_an_ordinary_files_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "a.txt"
+        write_transcript(T, out)
+        assert out.stat().st_mode & 0o777 == 0o644  # as open() would make it, not mkstemp's 0600
+        out.chmod(0o640)
+        write_transcript(T, out)
+        assert out.stat().st_mode & 0o777 == 0o640  # a replaced file keeps its mode
+    finally:
+        os.umask(old)
+
+
 @pytest.mark.parametrize("fmt", ["txt", "srt", "vtt", "jsonl", "json"])
 def test_stream_writer_matches_whole_file_and_is_readable_before_close(tmp_path, fmt):
     path = tmp_path / f"live.{fmt}"

@@ -302,6 +302,16 @@ def format_transcript(transcript: Transcript, fmt: str) -> str:
     return "".join(json.dumps(obj, ensure_ascii=False) + "\n" for obj in lines)
 
 
+def _new_file_mode(path: Path) -> int:
+    """The mode a replaced file had, or what ``open()`` would give a new one (0666 less the umask)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path`` and move it into place (never half a file)."""
     path = Path(path)
@@ -314,6 +324,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+            os.fchmod(f.fileno(), _new_file_mode(path))  # mkstemp makes 0600; a transcript is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
