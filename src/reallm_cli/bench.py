@@ -109,5 +109,5 @@ def run_bench(
         peak_rss_mb=round(peak_rss_mb(), 1),
         n_params=parameter_count(recognizer.model),
         text=" ".join(w.text for w in words),
-        precision=getattr(recognizer, "precision", "fp32"),
+        precision=recognizer.precision,
     )

@@ -145,5 +145,5 @@ def evaluate(
         groups=tuple(groups),
         delay_p50_s=round(float(np.percentile(delays, 50)), 3) if delays else None,
         delay_p95_s=round(float(np.percentile(delays, 95)), 3) if delays else None,
-        delay_words=len(delays), results=tuple(results), precision=getattr(recognizer, "precision", "fp32"),
+        delay_words=len(delays), results=tuple(results), precision=recognizer.precision,
     )

@@ -302,14 +302,19 @@ def format_transcript(transcript: Transcript, fmt: str) -> str:
     return "".join(json.dumps(obj, ensure_ascii=False) + "\n" for obj in lines)
 
 
+def default_file_mode() -> int:
+    """What ``open()`` gives a new file: 0666 less the umask (``mkstemp`` gives 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _new_file_mode(path: Path) -> int:
-    """The mode a replaced file had, or what ``open()`` would give a new one (0666 less the umask)."""
+    """The mode a replaced file had, or ``default_file_mode()`` for a new one."""
     try:
         return path.stat().st_mode & 0o7777
     except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return default_file_mode()
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -13,8 +13,8 @@ accumulation (fbgemm on x86, qnnpack on ARM). Nothing is trained or calibrated, 
 run either way.
 
 Converted, in both: the encoder's linear layers (compute-bound: 12 frames a chunk), the decoder's
-transformer layers and its output head (memory-bound: one position a step, so reading 4x fewer weight bytes is the
-win; a head over the 17,896-token vocabulary is 6.9 M weights, a third of a decoder step). The head
+transformer layers and its output head (memory-bound: one position a step, so reading 2x or 4x fewer
+weight bytes is the win; a head over the 17,896-token vocabulary is 6.9 M weights, a third of a decoder step). The head
 gets its own converted copy; the token embedding it is tied to stays fp32, as does the projector.
 Measured figures are in the model card (weights/README.md).
 """
@@ -57,14 +57,13 @@ def resolve_precision(precision: str) -> str:
 
 
 class Bf16Linear(nn.Module):
-    """A linear layer with a bfloat16 weight; float32 in, float32 out."""
+    """A linear layer with a bfloat16 copy of ``weight`` (out, in) and ``bias``; float32 in, float32 out."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("weight", linear.weight.detach().to(torch.bfloat16))
-        bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
-        self.register_buffer("bias", bias)
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("weight", weight.detach().to(torch.bfloat16))
+        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.bfloat16))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # as a 2-D product: a 3-D bfloat16 input is sent to bmm, which copies the whole transposed weight
@@ -80,7 +79,7 @@ def linear_bf16(module: nn.Module) -> nn.Module:
     """Replace every ``nn.Linear`` inside ``module`` by a ``Bf16Linear`` (in place)."""
     for name, child in module.named_children():
         if type(child) is nn.Linear:
-            setattr(module, name, Bf16Linear(child))
+            setattr(module, name, Bf16Linear(child.weight, child.bias))
         else:
             linear_bf16(child)
     return module
@@ -127,26 +126,20 @@ def parameter_count(model: nn.Module) -> int:
     return n
 
 
-def _untied_head(model: nn.Module) -> nn.Linear:
-    """A linear copy of the decoder's output head (tied to the token embedding in the file)."""
-    dec = model.decoder
-    head = nn.Linear(dec.d_model, dec.cfg.vocab_size, bias=False)
-    head.weight = nn.Parameter(dec.output.weight.detach().clone(), requires_grad=False)
-    return head
-
-
 def apply_precision(model: nn.Module, precision: str) -> nn.Module:
     """``fp32``: leave the model as loaded; ``bf16`` and ``int8``: convert the encoder's linears, the
     decoder layers' and the decoder's output head (untied from the fp32 token embedding first); ``auto``:
     see ``resolve_precision``. The projector and the token embedding stay fp32."""
     precision = resolve_precision(precision)
+    dec = model.decoder
     if precision == "int8":
         quantize_linear_int8(model.encoder)
-        quantize_linear_int8(model.decoder.layers)
-        # quantize_dynamic swaps children, not the root
-        model.decoder.output = quantize_linear_int8(nn.Sequential(_untied_head(model)))[0]
+        quantize_linear_int8(dec.layers)
+        head = nn.Linear(dec.d_model, dec.cfg.vocab_size, bias=False)
+        head.weight = nn.Parameter(dec.output.weight.detach().clone(), requires_grad=False)
+        dec.output = quantize_linear_int8(nn.Sequential(head))[0]  # quantize_dynamic swaps children, not the root
     elif precision == "bf16":
         linear_bf16(model.encoder)
-        linear_bf16(model.decoder.layers)
-        model.decoder.output = Bf16Linear(_untied_head(model))
+        linear_bf16(dec.layers)
+        dec.output = Bf16Linear(dec.output.weight)  # its own copy: the tied token embedding stays fp32
     return model

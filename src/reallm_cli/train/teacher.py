@@ -42,6 +42,7 @@ from reallm_cli.train.trainer import (
     run_stage,
     summarize,
 )
+from reallm_cli.writers import default_file_mode
 
 FORMAT = "reallm-ctc-teacher/1"
 
@@ -92,9 +93,7 @@ def save_teacher(path: str | Path, teacher: CTCTeacher, tokenizer: Tokenizer, ex
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; a model file is not secret
+        os.chmod(tmp, default_file_mode())  # mkstemp makes files private; a model file is not secret
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
