@@ -28,14 +28,14 @@ import json
 import random
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 from reallm_cli.align.ctc import AlignmentError, ctc_forced_align
 from reallm_cli.align.retokenize import byte_level_bytes, sentencepiece_bytes, transfer_chunks
-from reallm_cli.model.checkpoint import save_model
+from reallm_cli.model.checkpoint import load_model, save_model
 from reallm_cli.model.decoder import DecoderConfig, LlamaDecoder
 from reallm_cli.model.reallm import ReaLLM, ReaLLMConfig
 from reallm_cli.model.whisper_encoder import load_whisper_encoder
@@ -93,11 +93,15 @@ def main() -> None:
                     help="start the decoder from Whisper tiny.en's pretrained decoder (its BPE vocabulary, cut "
                          "to the tokens the text corpus uses; cross-attention dropped, RoPE for positions)")
     ap.add_argument("--reallm-lr", type=float, default=1e-3)
+    ap.add_argument("--reallm-warmup", type=int, default=500, help="ReaLLM steps of linear lr warm-up")
     ap.add_argument("--emit-delay-chunks", type=int, default=0,
                     help="write each token this many chunks late: more context, more latency (the model's config records it)")
     ap.add_argument("--slots-per-chunk", type=int, default=1,
                     help="speech embeddings per chunk, each from an equal slice of its frames (the paper: 1)")
     ap.add_argument("--stages", default="features,tokenizer,lm,teacher,align,retokenize,reallm,export")
+    ap.add_argument("--init-model", type=Path, default=None,
+                    help="fine-tune this reallm model file: its encoder makes the features (--encoder is not read), "
+                         "its tokenizer, config and projector + decoder weights start the reallm stage")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bf16", action="store_true",
                     help="bf16 autocast in the LM, teacher and ReaLLM stages (ReaLLM steps 1.7x faster on a CPU "
@@ -116,7 +120,16 @@ def main() -> None:
         t_stage[name] = t_stage.get(name, 0.0) + time.perf_counter() - t0
         (work / "times.json").write_text(json.dumps(t_stage, indent=1))
 
-    encoder = load_whisper_encoder(args.encoder, chunk_ms=args.chunk_ms, lookahead_ms=args.lookahead_ms)
+    init_model = init_tok = None
+    if args.init_model is not None:
+        init_model, init_tok = load_model(args.init_model)
+        if init_model.config.encoder_kind != "whisper":
+            sys.exit(f"--init-model {args.init_model}: not a Whisper-encoder model")
+        encoder = init_model.encoder
+        args.chunk_ms, args.lookahead_ms = encoder.config.chunk_ms, encoder.config.lookahead_ms
+        log(f"fine-tuning {args.init_model}: its encoder, tokenizer ({init_tok.vocab_size} tokens) and config")
+    else:
+        encoder = load_whisper_encoder(args.encoder, chunk_ms=args.chunk_ms, lookahead_ms=args.lookahead_ms)
     encoder.eval()
     feat_tag = f"c{args.chunk_ms}_la{args.lookahead_ms}"
     sets = {"train": ["train.jsonl"]}  # held-out sets are evaluated from audio, through the engine
@@ -136,14 +149,16 @@ def main() -> None:
 
     tok_path = work / "tokenizer.model"
 
-    pretrained = args.decoder_init != "none"
+    pretrained = args.decoder_init != "none" or init_model is not None
     bpe_path = work / "bpe_tokenizer.bin"
 
     def tokenizer():
         # the decoder's whole text corpus (a superset of the transcripts): pieces fit the text it will read
         texts = lm_texts(args.data)
         tok_path.write_bytes(train_tokenizer(texts, args.vocab).model_proto)
-        if pretrained:
+        if init_model is not None:
+            bpe_path.write_bytes(init_tok.model_proto)  # the model's vocabulary is kept; new words are spelled
+        elif pretrained:
             tokenizer_json = (find_installed_whisper("tiny.en")[0].parent / "tokenizer.json").read_text()
             bpe_path.write_bytes(whisper_bpe_subset(tokenizer_json, texts).model_proto)
 
@@ -255,13 +270,20 @@ def main() -> None:
     log(f"{len(aligned)} aligned utterances in the store")
 
     init_state = None
-    if pretrained:
-        dec_cfg, init_state = import_whisper_decoder(find_installed_whisper("tiny.en"), dec_tok.keep_ids,
-                                                     blank_from=50256, window=512, dropout=args.dropout)
-    config = ReaLLMConfig(encoder_kind="whisper", encoder=asdict(encoder.config), decoder=dec_cfg,
-                          lead_in_ms=args.lead_in_ms, emit_delay_chunks=args.emit_delay_chunks,
-                          slots_per_chunk=args.slots_per_chunk)
-    model = ReaLLM(config, encoder)
+    if init_model is not None:
+        # the model's own config (slots, delay, lead-in), its weights, this run's decoder dropout
+        config = replace(init_model.config, decoder=replace(init_model.config.decoder, dropout=args.dropout))
+        model = ReaLLM(config, encoder)
+        model.load_state_dict(init_model.state_dict())
+        args.emit_delay_chunks = config.emit_delay_chunks
+    else:
+        if pretrained:
+            dec_cfg, init_state = import_whisper_decoder(find_installed_whisper("tiny.en"), dec_tok.keep_ids,
+                                                         blank_from=50256, window=512, dropout=args.dropout)
+        config = ReaLLMConfig(encoder_kind="whisper", encoder=asdict(encoder.config), decoder=dec_cfg,
+                              lead_in_ms=args.lead_in_ms, emit_delay_chunks=args.emit_delay_chunks,
+                              slots_per_chunk=args.slots_per_chunk)
+        model = ReaLLM(config, encoder)
     if init_state is not None and not (work / "reallm.pt").exists():
         model.decoder.load_state_dict(init_state)
         log(f"decoder initialised from Whisper tiny.en ({dec_cfg.n_layers} layers, {dec_cfg.vocab_size} tokens)")
@@ -288,7 +310,8 @@ def main() -> None:
             log(f"decoder warm-started from {lm_path}")
         run_loop(trainable, loss_fn, sampler(aligned, seed=2),
                  lambda idx: make_batch(train_store, idx, dec_token_lists),
-                 LoopConfig(total_steps=args.reallm_steps, lr=args.reallm_lr, warmup_steps=500, bf16=bf16),
+                 LoopConfig(total_steps=args.reallm_steps, lr=args.reallm_lr, warmup_steps=args.reallm_warmup,
+                            bf16=bf16),
                  work / "reallm.pt", log)
 
     timed("reallm", reallm)
