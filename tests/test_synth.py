@@ -281,3 +281,44 @@ def test_recipe_wordnet_hours_come_on_top_of_the_plan(tmp_path, planner):
         [j for j in with_wn if not j["id"].startswith("wn")], key=lambda j: j["id"])
     assert {j["raw_text"] for j in added} == {t for _, t in md.wordnet_texts(tmp_path)}
     assert all(j["voice"] in md.VOICE_SHARE for j in added)
+
+
+def _fake_chat(folder):
+    """Two chatterbot-corpus YAML files in the corpus' own layout."""
+    (folder / "greetings.yml").write_text(
+        "categories:\n- greetings\nconversations:\n"
+        "- - Good morning, how are you?\n  - I am doing well, how about you\n  - I'm also good.\n"
+        "- - Hello\n  - Hi\n"
+        "- - What is 2 + 2?\n  - Four\n", encoding="utf-8")
+    (folder / "food.yml").write_text(
+        "categories:\n- food\nconversations:\n- - hello\n  - hi\n- - Do you like tea?\n  - Yes, with milk.\n",
+        encoding="utf-8")
+
+
+def test_recipe_reads_chat_conversations_two_turns_an_utterance(tmp_path):
+    pytest.importorskip("yaml")
+    md = _recipe()
+    _fake_chat(tmp_path)
+    rows = md.chat_texts(tmp_path)
+    assert rows == md.chat_texts(tmp_path)  # seeded: the same every run
+    texts = sorted({t for _, t in rows})
+    # pairs of turns, each ending in a stop and starting upper-case; an odd last turn alone; a pair with a
+    # symbol the engines would not say as written ("+") is left out; a pair already seen (any case) once
+    assert texts == sorted(["Good morning, how are you? I am doing well, how about you.", "I'm also good.",
+                            "Hello. Hi.", "Do you like tea? Yes, with milk."])
+    assert len(rows) == 2 * len(texts)  # every pair twice, for two voices
+    assert all(i.startswith("chat_") and i[-1] in "ab" for i, _ in rows)
+
+
+def test_recipe_chat_hours_come_on_top_of_the_plan(tmp_path, planner):
+    pytest.importorskip("yaml")
+    md = planner
+    _fake_chat(tmp_path)
+    _, base = md.make_plan(tmp_path, hours=0.2, real_s=0.0)
+    _, with_chat = md.make_plan(tmp_path, hours=0.2, real_s=0.0, chat_hours=1.0, chat_dir=tmp_path)
+    added = [j for j in with_chat if j["id"].startswith("chat_")]
+    assert sorted(base, key=lambda j: j["id"]) == sorted(
+        [j for j in with_chat if not j["id"].startswith("chat_")], key=lambda j: j["id"])
+    assert sorted(j["raw_text"] for j in added) == sorted(t for _, t in md.chat_texts(tmp_path))
+    assert all(j["voice"] in md.VOICE_SHARE for j in added)
+    assert len({j["voice"] for j in added if j["raw_text"] == "Hello. Hi."}) == 2  # two voices say a pair

@@ -44,6 +44,9 @@ LJ_TSV = SHARED / "text" / "ljspeech-sentences.tsv"
 # examples are short everyday sentences over a far larger vocabulary than LJ Speech's
 WORDNET_DIR = Path("/usr/share/wordnet")
 UNLABELED_DIR = SHARED / "data" / "unlabeled-real"
+# chatterbot-corpus (PyPI, BSD licence): short English conversations, the register of live captions
+# (questions, answers, "I" and "you", the present tense) that read-aloud books and dictionary examples lack
+CHAT_PACKAGE = "chatterbot_corpus"
 WHISPER_DIR = Path("/work/cache/whisper-base-ct2")
 
 PLAN_SEED = 20240614
@@ -72,7 +75,7 @@ VOICE_SHARE = {
     "espeak-us-whisper": 0.01,
 }
 # measured actual/estimated duration on the first 4.5 h made (see estimate_s); WordNet pairs: on the first 10.9 h
-ESTIMATE_RATIO = {"lj": 0.845, "short": 0.79, "wn": 0.90}
+ESTIMATE_RATIO = {"lj": 0.845, "short": 0.79, "wn": 0.90, "chat": 0.85}
 SHORT_SHARE = 0.25  # of synthetic audio: digits, numbers, dates, phrases, conversation
 
 
@@ -143,6 +146,46 @@ def wordnet_texts(wordnet_dir: Path = WORDNET_DIR) -> list[tuple[str, str]]:
         return t if t[-1] in ".!?" else t + "."
 
     return [(f"{a[0]}+{b[0][2:]}", f"{sentence(a[1])} {sentence(b[1])}") for a, b in zip(rows[::2], rows[1::2])]
+
+
+CHAT_OK = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ,.;:!?'-]*")
+
+
+def default_chat_dir() -> Path | None:
+    """The English conversations of the installed chatterbot-corpus package (None when it is absent)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(CHAT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "english"
+
+
+def chat_texts(chat_dir: Path) -> list[tuple[str, str]]:
+    """(id, text) for the conversations in ``chat_dir``'s YAML files, two turns to an utterance
+    ("Good morning, how are you? I am doing well, how about you?").
+
+    Kept: turns of letters, digits and plain punctuation only; a pair once, whatever the file. Ids are
+    ``chat_`` + file stem + conversation and pair index, stable across runs; every pair is listed twice
+    (``a`` and ``b``) so that two voices can speak it."""
+    import yaml  # PyYAML, the [data] extra
+
+    out, seen = [], set()
+    for path in sorted(chat_dir.glob("*.yml")):
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for ci, conv in enumerate(doc.get("conversations") or []):
+            turns = [" ".join(str(t).split()) for t in conv if isinstance(t, (str, int, float))]
+            for k in range(0, len(turns), 2):
+                pair = [t if t[-1:] in ".!?" else t + "." for t in turns[k:k + 2] if t]
+                if not pair or not all(CHAT_OK.fullmatch(t) for t in pair):
+                    continue
+                text = " ".join(t[0].upper() + t[1:] for t in pair)
+                if text.lower() in seen:
+                    continue
+                seen.add(text.lower())
+                out += [(f"chat_{path.stem}{ci:03d}_{k // 2}{copy}", text) for copy in "ab"]
+    random.Random(PLAN_SEED + 5).shuffle(out)
+    return out
 
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -245,11 +288,13 @@ def estimate_s(raw: str) -> float:
 
 
 def make_plan(out: Path, hours: float, real_s: float, real_copies: int = REAL_AUG_COPIES,
-              wordnet_hours: float = 0.0, wordnet_dir: Path = WORDNET_DIR) -> tuple[list[dict], list[dict]]:
+              wordnet_hours: float = 0.0, wordnet_dir: Path = WORDNET_DIR, chat_hours: float = 0.0,
+              chat_dir: Path | None = None) -> tuple[list[dict], list[dict]]:
     """Every utterance to produce, in production order: held-out sets, real copies, then shuffled synthetic.
 
     ``hours`` is shared by real copies, LJ sentences and short texts; ``wordnet_hours`` of WordNet
-    examples come on top, so that adding them leaves every utterance of the rest of the plan as it was."""
+    examples and ``chat_hours`` of conversations come on top, so that adding them leaves every utterance
+    of the rest of the plan as it was."""
     lj_train, lj_held = split_lj(read_lj())
     train_voices = [v for v in VOICE_SHARE]
     assert HELDOUT_VOICE not in train_voices
@@ -277,6 +322,9 @@ def make_plan(out: Path, hours: float, real_s: float, real_copies: int = REAL_AU
     if wordnet_hours > 0:
         budget["wn"] = wordnet_hours * 3600.0 / ESTIMATE_RATIO["wn"]
         pools.append(("wn", wordnet_texts(wordnet_dir)))
+    if chat_hours > 0:
+        budget["chat"] = chat_hours * 3600.0 / ESTIMATE_RATIO["chat"]
+        pools.append(("chat", chat_texts(chat_dir or default_chat_dir())))
     synth_jobs = []
     for kind, pool in pools:
         # voices are dealt so that each voice's planned seconds track its share (not its count)
@@ -452,11 +500,13 @@ def write_readme(out: Path, lines: dict[str, dict], args: argparse.Namespace, el
                 aug[m.group(0)] += 1
     n_short = sum(1 for r in by_split["train"] if r["id"].startswith("short"))
     n_wn = sum(1 for r in by_split["train"] if r["id"].startswith("wn"))
+    n_chat = sum(1 for r in by_split["train"] if r["id"].startswith("chat_"))
     md = [
         "# reallm default-model data",
         "",
         f"Made by `python recipes/default/make_data.py --out {out} --hours {args.hours} "
-        f"--real-copies {args.real_copies} --wordnet-hours {args.wordnet_hours} --jobs {args.jobs}` "
+        f"--real-copies {args.real_copies} --wordnet-hours {args.wordnet_hours} --chat-hours {args.chat_hours} "
+        f"--jobs {args.jobs}` "
         f"(wall clock of the last run: {elapsed_s / 60:.1f} min). Deterministic: every choice is seeded by the "
         "utterance id; existing files are skipped on reruns.",
         "",
@@ -471,7 +521,8 @@ def write_readme(out: Path, lines: dict[str, dict], args: argparse.Namespace, el
         f"Training: {len(train)} utterances, {hours:.2f} h; of the synthetic ones {n_short} are short generated "
         "texts (digits, digit strings, numbers, dates, times, money, greetings, templated conversation, speech "
         f"lines), {n_wn} pairs of WordNet 3.0 usage examples (Princeton's WordNet licence; attributed quotations "
-        "dropped) and the rest LJ Speech sentences (minus 150 held out). Real: LibriSpeech utterances from "
+        f"dropped), {n_chat} pairs of conversation turns from chatterbot-corpus (BSD licence) "
+        "and the rest LJ Speech sentences (minus 150 held out). Real: LibriSpeech utterances from "
         "shared/data/unlabeled-real, labelled by Whisper base (see real/LABELLING.md), each used as is plus "
         f"{args.real_copies} augmented copies.",
         "",
@@ -529,6 +580,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="hours of WordNet usage examples, on top of --hours (read from --wordnet-dir)")
     ap.add_argument("--wordnet-dir", type=Path, default=WORDNET_DIR,
                     help="WordNet 3.0 database files (data.noun ...; Debian: apt-get install wordnet-base)")
+    ap.add_argument("--chat-hours", type=float, default=0.0,
+                    help="hours of chatterbot-corpus conversations, on top of --hours (read from --chat-dir)")
+    ap.add_argument("--chat-dir", type=Path, default=None,
+                    help="the corpus' YAML files (default: data/english of the installed chatterbot_corpus package)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--skip-pseudo-label", action="store_true", help="use existing labels only")
     ap.add_argument("--plan-only", action="store_true")
@@ -551,6 +606,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no WordNet database in {args.wordnet_dir} (data.noun missing; Debian package wordnet-base)",
               file=sys.stderr)
         return 2
+    if args.chat_hours > 0:
+        args.chat_dir = args.chat_dir or default_chat_dir()
+        if args.chat_dir is None or not any(args.chat_dir.glob("*.yml")):
+            print(f"error: no conversations (*.yml) in {args.chat_dir or 'an installed chatterbot_corpus'} "
+                  "(pip install chatterbot-corpus pyyaml)", file=sys.stderr)
+            return 2
     if not args.skip_pseudo_label and UNLABELED_DIR.exists():
         say("pseudo-labelling unlabeled-real (resumes if partly done)")
         label_directory(UNLABELED_DIR, assemble_model_dir(WHISPER_DIR), out / "real", cpu_threads=args.jobs)
@@ -558,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     rjobs = real_jobs(out, args.real_copies)
     real_s = sum(sf.info(j["src"]).duration for j in rjobs if j["aug"] == "none")
     held_jobs, synth_jobs = make_plan(out, args.hours, real_s, args.real_copies, args.wordnet_hours,
-                                      args.wordnet_dir)
+                                      args.wordnet_dir, args.chat_hours, args.chat_dir)
     all_jobs = held_jobs + rjobs + synth_jobs
     plan_s = sum(estimate_s(j["raw_text"]) for j in synth_jobs)
     say(f"plan: {len(held_jobs)} held-out, {len(rjobs)} real ({real_s / 60:.1f} min x {1 + args.real_copies}), "
