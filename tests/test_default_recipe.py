@@ -66,3 +66,44 @@ def test_init_model_fine_tunes_the_shipped_model(tmp_path):
     # ... by a fine-tune's amount: the model was started from its weights, not from Whisper tiny.en's
     emb = "decoder.tok_embeddings.weight"
     assert (sa[emb] - sb[emb]).abs().max() < 0.05
+
+
+def test_distillation_from_offline_whisper_runs_through_the_recipe(tmp_path):
+    """--kd-weight: the softlabels stage scores every transcript with offline Whisper tiny.en (a test
+    dependency), and the reallm stage trains on them; a killed softlabels stage resumes from its parts."""
+    from reallm_cli.train.synth import get_voice
+    from reallm_cli.weights import resolve_model
+
+    data = tmp_path / "data"
+    data.mkdir()
+    with open(data / "train.jsonl", "w") as f:
+        for i, text in enumerate(SENTENCES):
+            audio = data / f"u{i}.flac"
+            x = get_voice("espeak-us").synthesize(text, out_path=audio)
+            f.write(json.dumps({"id": f"u{i}", "audio": str(audio), "text": text, "duration": len(x) / 16000}) + "\n")
+    work, out = tmp_path / "work", tmp_path / "kd.safetensors"
+    cmd = [sys.executable, str(REPO / "recipes" / "default" / "train.py"), "--data", str(data), "--work", str(work),
+           "--init-model", str(resolve_model(None)), "--out", str(out), "--vocab", "300", "--teacher-steps", "4",
+           "--reallm-steps", "2", "--reallm-warmup", "1", "--max-frames", "600", "--kd-weight", "0.5", "--kd-top-k", "4"]
+    stages = ["--stages", "features,tokenizer,teacher,align,retokenize,softlabels"]
+    r = subprocess.run(cmd + stages, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    parts = sorted((work / "softlabels_k4").glob("part_*.pt"))
+    assert len(parts) == 1
+    labels = torch.load(parts[0], weights_only=False)
+    assert sorted(labels) == [f"u{i}" for i in range(len(SENTENCES))]
+    ids, probs = labels["u0"]
+    assert ids.shape == probs.shape and ids.shape[1] == 4
+    stamp = parts[0].stat().st_mtime_ns
+    r = subprocess.run(cmd + ["--stages", "softlabels,reallm,export"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert parts[0].stat().st_mtime_ns == stamp  # finished parts are not scored again
+    assert f"soft labels for {len(SENTENCES)}/{len(SENTENCES)} utterances, weight 0.5" in r.stdout
+    assert out.exists()
+
+
+def test_distillation_needs_whisper_vocabulary(tmp_path):
+    r = subprocess.run([sys.executable, str(REPO / "recipes" / "default" / "train.py"), "--data", str(tmp_path),
+                        "--work", str(tmp_path / "work"), "--kd-weight", "0.5", "--stages", "softlabels"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "--kd-weight needs Whisper's vocabulary" in r.stderr

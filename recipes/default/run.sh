@@ -15,6 +15,7 @@ DECODER_INIT=${DECODER_INIT:-whisper-tiny.en}  # or "none": a decoder trained fr
 SLOTS=${SLOTS:-3}  # speech embeddings per 240 ms chunk (the paper: 1)
 WORDNET_HOURS=${WORDNET_HOURS:-32}  # hours of WordNet usage examples on top (32: all of them; apt-get install wordnet-base)
 CHAT_HOURS=${CHAT_HOURS:-0}  # hours of chatterbot-corpus conversations on top (about 2.7 h is all of them)
+KD_WEIGHT=${KD_WEIGHT:-0}  # >0: each piece's target mixes in offline Whisper tiny.en's distribution (softlabels stage)
 BF16=${BF16:-0}  # 1: bf16 autocast in training (1.7x faster ReaLLM steps on CPUs with AVX512-BF16 or AMX)
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
 
@@ -34,8 +35,9 @@ stamp "encoder adaptation ($ADAPT_STEPS steps), features, export"
 "${adapt[@]}" --stages train,features,export --steps "$ADAPT_STEPS" --threads 2
 stamp "tokenizers, CTC teacher, alignment, ReaLLM ($DECODER_INIT), export"
 python recipes/default/train.py --data "$DATA" --work "$WORK" --encoder "$WORK/encoder.safetensors" \
-    --stages tokenizer,teacher,align,retokenize,reallm,export --teacher-steps "$TEACHER_STEPS" \
+    --stages tokenizer,teacher,align,retokenize,softlabels,reallm,export --teacher-steps "$TEACHER_STEPS" \
     --decoder-init "$DECODER_INIT" --reallm-steps "$REALLM_STEPS" --reallm-lr "$REALLM_LR" --lm-steps 0 \
     --dropout "$DROPOUT" --feat-dropout "$DROPOUT" --emit-delay-chunks "$EMIT_DELAY" --slots-per-chunk "$SLOTS" \
+    --kd-weight "$KD_WEIGHT" \
     --out "$WORK/model.safetensors" $([ "$BF16" = 1 ] && echo --bf16)
 stamp done

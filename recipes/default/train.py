@@ -14,6 +14,9 @@ Stages (each skipped when its output exists, each resumable after a kill):
   teacher   CTC head on the cached frames (the alignment teacher)
   align     Viterbi forced alignment -> per-piece chunk indices
   retokenize (with --decoder-init whisper-tiny.en) the alignment moved to Whisper's BPE tokens, byte by byte
+  softlabels (with --kd-weight w > 0) offline Whisper tiny.en's distribution at every transcript piece
+            (train/whisper_teacher.py); the reallm stage then trains each piece toward
+            (1 - w) * the piece + w * that distribution (knowledge distillation)
   reallm    projector + decoder trained with cross-entropy on the interleaved sequence
   export    one fp16 safetensors file (encoder + projector + decoder + config + tokenizer)
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import time
 from dataclasses import asdict, replace
@@ -98,7 +102,11 @@ def main() -> None:
                     help="write each token this many chunks late: more context, more latency (the model's config records it)")
     ap.add_argument("--slots-per-chunk", type=int, default=1,
                     help="speech embeddings per chunk, each from an equal slice of its frames (the paper: 1)")
-    ap.add_argument("--stages", default="features,tokenizer,lm,teacher,align,retokenize,reallm,export")
+    ap.add_argument("--kd-weight", type=float, default=0.0,
+                    help="weight of offline Whisper tiny.en's soft labels in each piece's target (0: none; needs "
+                         "--decoder-init whisper-tiny.en or --init-model, whose vocabulary is Whisper's)")
+    ap.add_argument("--kd-top-k", type=int, default=8, help="pieces kept of the teacher's distribution at each piece")
+    ap.add_argument("--stages", default="features,tokenizer,lm,teacher,align,retokenize,softlabels,reallm,export")
     ap.add_argument("--init-model", type=Path, default=None,
                     help="fine-tune this reallm model file: its encoder makes the features (--encoder is not read), "
                          "its tokenizer, config and projector + decoder weights start the reallm stage")
@@ -107,6 +115,8 @@ def main() -> None:
                     help="bf16 autocast in the LM, teacher and ReaLLM stages (ReaLLM steps 1.7x faster on a CPU "
                          "with AVX512-BF16, see weights/README.md; the shipped model was trained in fp32)")
     args = ap.parse_args()
+    if args.kd_weight > 0 and args.decoder_init == "none" and args.init_model is None:
+        ap.error("--kd-weight needs Whisper's vocabulary: --decoder-init whisper-tiny.en or --init-model")
     bf16 = args.bf16 or None  # None: LoopConfig's own default (autocast only where native on a GPU)
     stages, work = start_run(args)
     t_stage: dict[str, float] = json.loads((work / "times.json").read_text()) if (work / "times.json").exists() else {}
@@ -262,8 +272,55 @@ def main() -> None:
 
     if pretrained:
         timed("retokenize", retokenize)
+    soft_dir = work / f"softlabels_k{args.kd_top_k}"
+
+    def softlabels():
+        """Offline Whisper tiny.en's distribution at every piece of every transcript (whisper_teacher.py),
+        several utterances to one 30 s window; written in parts, so a killed run goes on where it stopped."""
+        from reallm_cli.audio.source import load_audio
+        from reallm_cli.model.whisper_import import convert_installed_whisper
+        from reallm_cli.train.whisper_teacher import WhisperTeacher, load_whisper_decoder, pack
+
+        enc_path = work / "whisper-tiny.en-encoder.safetensors"
+        if not enc_path.exists():
+            convert_installed_whisper("tiny.en", enc_path)
+        allowed = [t for t in range(1, dec_tok.vocab_size) if re.fullmatch(r"[ a-z0-9']+", dec_tok.decode([t]))]
+        teacher = WhisperTeacher(load_whisper_encoder(enc_path), load_whisper_decoder(find_installed_whisper("tiny.en")),
+                                 dec_tok.keep_ids, allowed, k=args.kd_top_k)
+        audio_of = {r["id"]: r["audio"] for f in sets["train"] for r in read_jsonl(args.data / f)}
+        items = train_store.items
+        groups = pack([u.duration for u in items], [len(t) for t in dec_token_lists])
+        log(f"soft labels: {len(items)} utterances in {len(groups)} windows, {len(allowed)} pieces allowed")
+        soft_dir.mkdir(exist_ok=True)
+        per_part = 50
+        for first in range(0, len(groups), per_part):
+            part = soft_dir / f"part_{first // per_part:05d}.pt"
+            if part.exists():
+                continue
+            labels = {}
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(args.bf16)):
+                for g in groups[first : first + per_part]:
+                    utts = [(load_audio(audio_of[items[i].id]), dec_token_lists[i]) for i in g]
+                    for i, sl in zip(g, teacher.soft_labels(utts)):
+                        labels[items[i].id] = (sl.ids, sl.probs)
+            tmp = part.with_suffix(".tmp")
+            torch.save(labels, tmp)
+            tmp.replace(part)
+            log(f"soft labels: {min(first + per_part, len(groups))}/{len(groups)} windows")
+
+    if args.kd_weight > 0:
+        timed("softlabels", softlabels)
     if not stages & {"reallm", "export"}:
         return
+    soft = None
+    if args.kd_weight > 0:
+        from reallm_cli.train.whisper_teacher import SoftLabels
+
+        by_uid = {}
+        for part in sorted(soft_dir.glob("part_*.pt")):
+            by_uid.update(torch.load(part, weights_only=False))
+        soft = [SoftLabels(*by_uid[u.id]) if u.id in by_uid else None for u in train_store.items]
+        log(f"soft labels for {sum(s is not None for s in soft)}/{len(soft)} utterances, weight {args.kd_weight}")
     by_id = {r["id"]: r["chunks"] for r in map(json.loads, dec_align_path.read_text().splitlines())}
     alignments = {i: by_id[u.id] for i, u in enumerate(train_store.items) if u.id in by_id}
     aligned = sorted(alignments)
@@ -300,7 +357,9 @@ def main() -> None:
             frames = time_mask(batch.frames, batch.frame_lengths, gen)
             frames = torch.nn.functional.dropout(frames, args.feat_dropout)
             loss, stats = reallm_loss(model, frames, batch.frame_lengths, batch.tokens,
-                                      [chunk_lists[i] for i in batch.indices], dec_tok.blank)
+                                      [chunk_lists[i] for i in batch.indices], dec_tok.blank,
+                                      soft=None if soft is None else [soft[i] for i in batch.indices],
+                                      soft_weight=args.kd_weight)
             stats["audio_s"] = float(batch.frame_lengths.sum()) * 0.02
             return loss, stats
 
