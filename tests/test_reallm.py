@@ -56,6 +56,32 @@ def test_an_old_config_without_slots_reads_as_one_slot():
     assert ReaLLMConfig.from_dict(cfg).slots_per_chunk == 1
 
 
+def test_a_hidden_projector_layer_survives_the_model_file(tmp_path):
+    from dataclasses import replace
+
+    from reallm_cli.model.checkpoint import build_model
+
+    tok = placeholder_tokenizer(16)
+    model = build_model(replace(tiny_model(tok.vocab_size).config, projector_hidden=24)).eval()
+    assert isinstance(model.projector.hidden[0], torch.nn.Linear) and model.projector.proj.in_features == 24
+    save_model(tmp_path / "m.safetensors", model, tok, dtype=torch.float32)
+    loaded, _ = load_model(tmp_path / "m.safetensors")
+    assert loaded.config.projector_hidden == 24
+    frames = torch.randn(1, 13, model.encoder.out_dim)
+    torch.testing.assert_close(loaded.speech_embeddings(frames), model.speech_embeddings(frames))
+    stacked = model.projector.norm(torch.nn.functional.pad(frames, (0, 0, 0, 5)).reshape(1, 3, -1))
+    expected = model.projector.proj(torch.nn.functional.gelu(model.projector.hidden[0](stacked)))
+    torch.testing.assert_close(model.speech_embeddings(frames), expected)
+
+
+def test_an_old_config_without_projector_hidden_reads_as_linear():
+    cfg = tiny_model(16).config.to_dict()
+    del cfg["projector_hidden"]
+    assert ReaLLMConfig.from_dict(cfg).projector_hidden == 0
+    with pytest.raises(ValueError):
+        ReaLLMConfig.from_dict(dict(cfg, projector_hidden=-1))
+
+
 def test_averaged_model_file_holds_the_mean_of_the_weights(tmp_path):
     from reallm_cli.errors import ModelError
     from reallm_cli.model.checkpoint import average_models, model_extra

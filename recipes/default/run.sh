@@ -15,6 +15,7 @@ DECODER_INIT=${DECODER_INIT:-whisper-tiny.en}  # or "none": a decoder trained fr
 SLOTS=${SLOTS:-3}  # speech embeddings per 240 ms chunk (the paper: 1)
 WORDNET_HOURS=${WORDNET_HOURS:-32}  # hours of WordNet usage examples on top (32: all of them; apt-get install wordnet-base)
 CHAT_HOURS=${CHAT_HOURS:-0}  # hours of chatterbot-corpus conversations on top (about 2.7 h is all of them)
+PROJECTOR_HIDDEN=${PROJECTOR_HIDDEN:-0}  # >0: a GELU layer of this width in the projector (0: linear, the paper's)
 KD_WEIGHT=${KD_WEIGHT:-0}  # >0: each piece's target mixes in offline Whisper tiny.en's distribution (softlabels stage)
 BF16=${BF16:-0}  # 1: bf16 autocast in training (1.7x faster ReaLLM steps on CPUs with AVX512-BF16 or AMX)
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
@@ -38,6 +39,6 @@ python recipes/default/train.py --data "$DATA" --work "$WORK" --encoder "$WORK/e
     --stages tokenizer,teacher,align,retokenize,softlabels,reallm,export --teacher-steps "$TEACHER_STEPS" \
     --decoder-init "$DECODER_INIT" --reallm-steps "$REALLM_STEPS" --reallm-lr "$REALLM_LR" --lm-steps 0 \
     --dropout "$DROPOUT" --feat-dropout "$DROPOUT" --emit-delay-chunks "$EMIT_DELAY" --slots-per-chunk "$SLOTS" \
-    --kd-weight "$KD_WEIGHT" \
+    --kd-weight "$KD_WEIGHT" --projector-hidden "$PROJECTOR_HIDDEN" \
     --out "$WORK/model.safetensors" $([ "$BF16" = 1 ] && echo --bf16)
 stamp done

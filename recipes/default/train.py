@@ -102,6 +102,8 @@ def main() -> None:
                     help="write each token this many chunks late: more context, more latency (the model's config records it)")
     ap.add_argument("--slots-per-chunk", type=int, default=1,
                     help="speech embeddings per chunk, each from an equal slice of its frames (the paper: 1)")
+    ap.add_argument("--projector-hidden", type=int, default=0,
+                    help="a hidden GELU layer of this width in the projector (0: one linear map, the paper's)")
     ap.add_argument("--kd-weight", type=float, default=0.0,
                     help="weight of offline Whisper tiny.en's soft labels in each piece's target (0: none; needs "
                          "--decoder-init whisper-tiny.en or --init-model, whose vocabulary is Whisper's)")
@@ -339,7 +341,7 @@ def main() -> None:
                                                          blank_from=50256, window=512, dropout=args.dropout)
         config = ReaLLMConfig(encoder_kind="whisper", encoder=asdict(encoder.config), decoder=dec_cfg,
                               lead_in_ms=args.lead_in_ms, emit_delay_chunks=args.emit_delay_chunks,
-                              slots_per_chunk=args.slots_per_chunk)
+                              slots_per_chunk=args.slots_per_chunk, projector_hidden=args.projector_hidden)
         model = ReaLLM(config, encoder)
     if init_state is not None and not (work / "reallm.pt").exists():
         model.decoder.load_state_dict(init_state)

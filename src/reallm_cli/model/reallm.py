@@ -34,10 +34,14 @@ class ReaLLMConfig:
     # n, each of n equal slices of the chunk's frames becomes one embedding (the decoder still decides
     # only once per chunk, after its last slot).
     slots_per_chunk: int = 1
+    # Width of a hidden GELU layer in the projector (0: one linear map from the stacked frames, the paper's).
+    projector_hidden: int = 0
 
     def __post_init__(self) -> None:
         if self.slots_per_chunk < 1:
             raise ValueError(f"slots_per_chunk must be >= 1, got {self.slots_per_chunk}")
+        if self.projector_hidden < 0:
+            raise ValueError(f"projector_hidden must be >= 0, got {self.projector_hidden}")
 
     def to_dict(self) -> dict:
         return {
@@ -48,6 +52,7 @@ class ReaLLMConfig:
             "lead_in_ms": self.lead_in_ms,
             "emit_delay_chunks": self.emit_delay_chunks,
             "slots_per_chunk": self.slots_per_chunk,
+            "projector_hidden": self.projector_hidden,
         }
 
     @classmethod
@@ -60,19 +65,23 @@ class ReaLLMConfig:
             lead_in_ms=int(d.get("lead_in_ms", 0)),
             emit_delay_chunks=int(d.get("emit_delay_chunks", 0)),
             slots_per_chunk=int(d.get("slots_per_chunk", 1)),
+            projector_hidden=int(d.get("projector_hidden", 0)),
         )
 
 
 class ChunkProjector(nn.Module):
     """Stacks the encoder frames of each slot (a chunk, or an equal slice of one) and projects them to
-    one decoder-sized speech embedding."""
+    one decoder-sized speech embedding: LayerNorm, then a linear map, or with ``hidden`` > 0 a GELU layer of
+    that width before it."""
 
-    def __init__(self, frames_per_chunk: int, enc_dim: int, d_model: int, slots: int = 1):
+    def __init__(self, frames_per_chunk: int, enc_dim: int, d_model: int, slots: int = 1, hidden: int = 0):
         super().__init__()
         self.frames_per_chunk = frames_per_chunk
         self.frames_per_slot = exact_div(frames_per_chunk, slots)
-        self.norm = nn.LayerNorm(self.frames_per_slot * enc_dim)
-        self.proj = nn.Linear(self.frames_per_slot * enc_dim, d_model)
+        width = self.frames_per_slot * enc_dim
+        self.norm = nn.LayerNorm(width)
+        self.hidden = nn.Sequential(nn.Linear(width, hidden), nn.GELU()) if hidden else nn.Identity()
+        self.proj = nn.Linear(hidden or width, d_model)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> (B, ceil(T / k) * slots, d_model), chunk by chunk; a final partial chunk is
@@ -83,7 +92,7 @@ class ChunkProjector(nn.Module):
         if pad:
             frames = F.pad(frames, (0, 0, 0, pad))
         stacked = frames.reshape(b, (t + pad) // self.frames_per_slot, self.frames_per_slot * c)
-        return self.proj(self.norm(stacked))
+        return self.proj(self.hidden(self.norm(stacked)))
 
 
 class ReaLLM(nn.Module):
@@ -93,7 +102,7 @@ class ReaLLM(nn.Module):
         self.encoder = encoder
         self.frames_per_chunk = exact_div(encoder.chunk_ms, encoder.frame_ms)
         self.projector = ChunkProjector(self.frames_per_chunk, encoder.out_dim, config.decoder.d_model,
-                                        config.slots_per_chunk)
+                                        config.slots_per_chunk, config.projector_hidden)
         self.decoder = LlamaDecoder(config.decoder)
 
     @property
