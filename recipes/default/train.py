@@ -102,6 +102,8 @@ def main() -> None:
                     help="write each token this many chunks late: more context, more latency (the model's config records it)")
     ap.add_argument("--slots-per-chunk", type=int, default=1,
                     help="speech embeddings per chunk, each from an equal slice of its frames (the paper: 1)")
+    ap.add_argument("--reallm-seed", type=int, default=0,
+                    help="another seed for the ReaLLM stage's data order, dropout and masks (to measure run-to-run noise)")
     ap.add_argument("--projector-hidden", type=int, default=0,
                     help="a hidden GELU layer of this width in the projector (0: one linear map, the paper's)")
     ap.add_argument("--kd-weight", type=float, default=0.0,
@@ -369,10 +371,10 @@ def main() -> None:
         if args.lm_steps > 0 and not (work / "reallm.pt").exists():
             model.decoder.load_state_dict(torch.load(lm_path, weights_only=False)["model"])
             log(f"decoder warm-started from {lm_path}")
-        run_loop(trainable, loss_fn, sampler(aligned, seed=2),
+        run_loop(trainable, loss_fn, sampler(aligned, seed=2 + args.reallm_seed),
                  lambda idx: make_batch(train_store, idx, dec_token_lists),
                  LoopConfig(total_steps=args.reallm_steps, lr=args.reallm_lr, warmup_steps=args.reallm_warmup,
-                            bf16=bf16),
+                            bf16=bf16, seed=args.reallm_seed),
                  work / "reallm.pt", log)
 
     timed("reallm", reallm)
