@@ -25,7 +25,7 @@ from torch import nn
 
 from reallm_cli.audio.features import whisper_log_mel
 from reallm_cli.errors import ModelError
-from reallm_cli.model.whisper_import import _dequantize, read_ct2_variables
+from reallm_cli.model.whisper_import import _dequantize, _layer_weights, read_ct2_variables
 
 WINDOW_SAMPLES = 30 * 16000  # Whisper always encodes a 30 s window
 SOT, NO_TIMESTAMPS = 50257, 50362  # Whisper .en models: <|startoftranscript|>, <|notimestamps|>
@@ -36,18 +36,17 @@ class _Attention(nn.Module):
     def __init__(self, d: int, heads: int):
         super().__init__()
         self.heads = heads
-        self.q = nn.Linear(d, d)
-        self.kv = nn.Linear(d, 2 * d)
-        self.out = nn.Linear(d, d)
+        self.q, self.v, self.out = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.k = nn.Linear(d, d, bias=False)  # a key bias shifts a query's logits equally: dropped, as on import
 
     def forward(self, x: torch.Tensor, source: torch.Tensor, causal: bool) -> torch.Tensor:
         b, t, d = x.shape
-        k, v = self.kv(source).chunk(2, dim=-1)
 
         def split(z):
             return z.view(b, -1, self.heads, d // self.heads).transpose(1, 2)
 
-        y = F.scaled_dot_product_attention(split(self.q(x)), split(k), split(v), is_causal=causal)
+        y = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(source)), split(self.v(source)),
+                                           is_causal=causal)
         return self.out(y.transpose(1, 2).reshape(b, t, d))
 
 
@@ -102,31 +101,20 @@ def load_whisper_decoder(model_bin_paths: list[Path]) -> WhisperDecoder:
                          n_layers)
     sd = {"embed.weight": emb, "pos": _dequantize(v, e + "position_encodings/encodings"),
           "ln.weight": _dequantize(v, e + "layer_norm/gamma"), "ln.bias": _dequantize(v, e + "layer_norm/beta")}
+    names = {"attn_ln": "self_ln", "q": "self_attn.q", "k": "self_attn.k", "v": "self_attn.v",
+             "out": "self_attn.out", "mlp_ln": "mlp_ln", "fc1": "fc1", "fc2": "fc2"}
     for i in range(n_layers):
         src, dst = f"{e}layer_{i}/", f"blocks.{i}."
-
-        def w(name):
-            return _dequantize(v, src + name)
-
-        qkv_w, qkv_b = w("self_attention/linear_0/weight"), w("self_attention/linear_0/bias")
+        sd.update(_layer_weights(v, src, dst, d, names))  # self-attention and MLP, as the encoder's import reads them
+        kv_w, kv_b = _dequantize(v, src + "attention/linear_1/weight").split(d), _dequantize(v, src + "attention/linear_1/bias")
         sd.update({
-            dst + "self_ln.weight": w("self_attention/layer_norm/gamma"),
-            dst + "self_ln.bias": w("self_attention/layer_norm/beta"),
-            dst + "self_attn.q.weight": qkv_w[:d], dst + "self_attn.q.bias": qkv_b[:d],
-            dst + "self_attn.kv.weight": qkv_w[d:], dst + "self_attn.kv.bias": qkv_b[d:],
-            dst + "self_attn.out.weight": w("self_attention/linear_1/weight"),
-            dst + "self_attn.out.bias": w("self_attention/linear_1/bias"),
-            dst + "cross_ln.weight": w("attention/layer_norm/gamma"),
-            dst + "cross_ln.bias": w("attention/layer_norm/beta"),
-            dst + "cross_attn.q.weight": w("attention/linear_0/weight"),
-            dst + "cross_attn.q.bias": w("attention/linear_0/bias"),
-            dst + "cross_attn.kv.weight": w("attention/linear_1/weight"),
-            dst + "cross_attn.kv.bias": w("attention/linear_1/bias"),
-            dst + "cross_attn.out.weight": w("attention/linear_2/weight"),
-            dst + "cross_attn.out.bias": w("attention/linear_2/bias"),
-            dst + "mlp_ln.weight": w("ffn/layer_norm/gamma"), dst + "mlp_ln.bias": w("ffn/layer_norm/beta"),
-            dst + "fc1.weight": w("ffn/linear_0/weight"), dst + "fc1.bias": w("ffn/linear_0/bias"),
-            dst + "fc2.weight": w("ffn/linear_1/weight"), dst + "fc2.bias": w("ffn/linear_1/bias"),
+            dst + "cross_ln.weight": _dequantize(v, src + "attention/layer_norm/gamma"),
+            dst + "cross_ln.bias": _dequantize(v, src + "attention/layer_norm/beta"),
+            dst + "cross_attn.q.weight": _dequantize(v, src + "attention/linear_0/weight"),
+            dst + "cross_attn.q.bias": _dequantize(v, src + "attention/linear_0/bias"),
+            dst + "cross_attn.k.weight": kv_w[0], dst + "cross_attn.v.weight": kv_w[1], dst + "cross_attn.v.bias": kv_b[d:],
+            dst + "cross_attn.out.weight": _dequantize(v, src + "attention/linear_2/weight"),
+            dst + "cross_attn.out.bias": _dequantize(v, src + "attention/linear_2/bias"),
         })
     dec.load_state_dict({k: t.float() for k, t in sd.items()})
     return dec.eval()
