@@ -152,3 +152,17 @@ def test_whisper_style_has_whisper_layer_layout():
     assert "layers.0.attn.wk.bias" not in names and "layers.0.ffn.w_gate.weight" not in names
     with pytest.raises(ValueError, match="style"):
         DecoderConfig(style="gpt")
+
+
+def test_a_fresh_cache_reads_only_its_filled_slots():
+    # Until the ring wraps, a step attends to the slots written so far and nothing else: garbage in the
+    # empty slots (NaN poisons any product that reads it) leaves the outputs equal to the uncached forward.
+    dec = tiny_decoder(seed=2)
+    x = torch.randn(1, WINDOW, 32)
+    with torch.no_grad():
+        full = dec(x)
+    cache = dec.init_cache(1)
+    cache.k.fill_(float("nan"))
+    cache.v.fill_(float("nan"))
+    outs = [dec.step(x[:, :2], cache), dec.step(x[:, 2:3], cache), dec.step(x[:, 3:], cache)]
+    torch.testing.assert_close(torch.cat(outs, dim=1), full, atol=1e-5, rtol=0)

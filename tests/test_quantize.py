@@ -11,8 +11,8 @@ from reallm_cli.bench import synthetic_audio
 from reallm_cli.engine import DecodeOptions, Recognizer
 from reallm_cli.model.presets import placeholder_tokenizer
 import reallm_cli.model.quantize as quantize
-from reallm_cli.model.quantize import (Bf16Linear, PrecisionError, apply_precision, int8_supported, parameter_count,
-                                       resolve_precision)
+from reallm_cli.model.quantize import (PackedLinear, PrecisionError, apply_precision, int8_supported, onednn_packing,
+                                       pack_linears, parameter_count, resolve_precision)
 
 needs_int8 = pytest.mark.skipif(not int8_supported(), reason="this PyTorch build has no int8 engine")
 
@@ -25,7 +25,7 @@ def _linears(module: nn.Module) -> list[str]:
 def test_int8_converts_the_encoder_decoder_layers_and_a_copy_of_the_output_head():
     model = tiny_model(64).eval()
     n_enc, n_dec = len(_linears(model.encoder)), len(_linears(model.decoder.layers))
-    projector_before = _linears(model.projector)
+    projector = {n: m.weight.detach().clone() for n, m in model.projector.named_modules() if type(m) is nn.Linear}
     embedding = model.decoder.tok_embeddings.weight.detach().clone()
     x = torch.randn(1, 3, model.decoder.d_model)
     with torch.no_grad():
@@ -42,16 +42,69 @@ def test_int8_converts_the_encoder_decoder_layers_and_a_copy_of_the_output_head(
     assert 0 < err < 0.05 * logits.abs().max().item()
     assert type(model.decoder.tok_embeddings) is nn.Embedding
     assert torch.equal(model.decoder.tok_embeddings.weight, embedding)
-    assert _linears(model.projector) == projector_before
+    # the projector stays float32, packed where oneDNN is available
+    kept = {n: m for n, m in model.projector.named_modules() if n in projector}
+    assert all(torch.equal(m.weight, projector[n]) and m.weight.dtype == torch.float32 for n, m in kept.items())
+    assert all(isinstance(m, PackedLinear) == onednn_packing() for m in kept.values())
 
 
-def test_fp32_leaves_the_model_alone_and_unknown_precisions_are_refused():
+needs_onednn = pytest.mark.skipif(not onednn_packing(), reason="this PyTorch build has no oneDNN")
+
+
+@needs_onednn
+def test_fp32_packs_the_same_weights_and_gives_the_same_outputs():
+    model = tiny_model(64).eval()
+    mel = whisper_log_mel(synthetic_audio(3.0, seed=1), floor="running")[None]  # (1, T, 80)
+    lengths = torch.tensor([mel.shape[1]])
+    weights = {n: m.weight.detach().clone() for n, m in model.named_modules() if type(m) is nn.Linear}
+    x = torch.randn(1, 3, model.decoder.d_model)
+    with torch.no_grad():
+        ref, _ = model.encoder(mel, lengths)
+        ref_logits = model.decoder.step(x, model.decoder.init_cache(1))
+        apply_precision(model, "fp32")
+        got, _ = model.encoder(mel, lengths)
+        got_logits = model.decoder.step(x, model.decoder.init_cache(1))
+    packed = {n: m for n, m in model.named_modules() if isinstance(m, PackedLinear)}
+    assert set(packed) == set(weights) and all(type(m) is not nn.Linear for m in model.modules())
+    for name, m in packed.items():
+        assert m.dtype == torch.float32 and torch.equal(m.weight, weights[name]), name
+    # the same float32 arithmetic, only summed in another order
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got_logits, ref_logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("packing", [True, False])
+def test_a_packed_linear_multiplies_as_f_linear_does_in_its_dtype(monkeypatch, dtype, packing):
+    if packing and not onednn_packing():
+        pytest.skip("this PyTorch build has no oneDNN")
+    monkeypatch.setattr(quantize, "onednn_packing", lambda: packing)
+    torch.manual_seed(0)
+    lin = nn.Linear(48, 40)
+    layer = PackedLinear(lin.weight, lin.bias, dtype)
+    assert (layer.packed is not None) == packing and layer.weight.shape == (40, 48)
+    x = torch.randn(2, 5, 48)
+    want = nn.functional.linear(x.to(dtype), lin.weight.to(dtype), lin.bias.to(dtype)).float()
+    got = layer(x)
+    assert got.dtype == torch.float32 and got.shape == (2, 5, 40)
+    if dtype == torch.bfloat16:
+        assert torch.equal(got, want)  # oneDNN's bfloat16 product is the one F.linear calls
+    else:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_without_onednn_fp32_leaves_the_model_alone(monkeypatch):
+    monkeypatch.setattr(quantize, "onednn_packing", lambda: False)
     model = tiny_model(64).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     apply_precision(model, "fp32")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
+
+
+def test_unknown_precisions_are_refused():
     with pytest.raises(PrecisionError, match="auto, fp32, bf16, int8"):
-        apply_precision(model, "fp8")
+        apply_precision(tiny_model(64).eval(), "fp8")
 
 
 @pytest.mark.parametrize("precision, tolerance", [pytest.param("int8", 0.05, marks=needs_int8), ("bf16", 0.02)])
@@ -111,9 +164,9 @@ def test_bf16_converts_the_same_layers_and_keeps_float32_between_them():
     apply_precision(model, "bf16")
     assert _linears(model.encoder) == [] and _linears(model.decoder.layers) == []
     for part, n in ((model.encoder, n_enc), (model.decoder.layers, n_dec)):
-        layers = [m for m in part.modules() if isinstance(m, Bf16Linear)]
+        layers = [m for m in part.modules() if isinstance(m, PackedLinear)]
         assert len(layers) == n and all(m.weight.dtype == torch.bfloat16 for m in layers)
-    assert isinstance(model.decoder.output, Bf16Linear)
+    assert isinstance(model.decoder.output, PackedLinear)
     with torch.no_grad():
         got = model.decoder.output(x)
     assert got.dtype == torch.float32

@@ -181,6 +181,7 @@ class KVCache:
     v: torch.Tensor  # (n_layers, B, n_kv_heads, window, head_dim)
     slot_pos: torch.Tensor  # (window,) long: absolute position held by each slot, -1 when empty
     pos: int  # absolute position of the next input (grows without bound)
+    start: int = 0  # absolute position of the first input
 
     @property
     def batch_size(self) -> int:
@@ -220,15 +221,17 @@ class LlamaDecoder(nn.Module):
         """(..., L) long -> (..., L, D)."""
         return self.tok_embeddings(tokens)
 
-    def _run(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache | None):
+    def _run(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None,
+             slots: slice = slice(None)):
+        """The layers over x (B, t, D); with a cache, the new positions attend to its ``slots`` too."""
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
         p, train = self.cfg.dropout, self.training  # F.dropout is the identity when not training
         x = F.dropout(x, p, train)
         for i, layer in enumerate(self.layers):
             q, k, v = layer.attn.project(layer.attn_norm(x), cos, sin)
             if cache is not None:
-                keys = torch.cat((cache.k[i], k), dim=2)  # (B, Hkv, window + t, hd)
-                values = torch.cat((cache.v[i], v), dim=2)
+                keys = torch.cat((cache.k[i, :, :, slots], k), dim=2)  # (B, Hkv, slots + t, hd)
+                values = torch.cat((cache.v[i, :, :, slots], v), dim=2)
                 self._write_ring(cache, i, positions, k, v)
             else:
                 keys, values = k, v
@@ -265,6 +268,7 @@ class LlamaDecoder(nn.Module):
             v=torch.zeros(shape, dtype=p.dtype, device=p.device),
             slot_pos=torch.full((c.window,), -1, dtype=torch.long, device=p.device),
             pos=int(start_pos),
+            start=int(start_pos),
         )
 
     def _write_ring(self, cache: KVCache, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
@@ -287,11 +291,20 @@ class LlamaDecoder(nn.Module):
         if t == 0:
             return x.new_zeros(x.shape[0], 0, self.cfg.vocab_size)
         positions = torch.arange(cache.pos, cache.pos + t, device=x.device)  # (t,)
-        key_pos = torch.cat((cache.slot_pos, positions))  # (window + t,)
-        offset = positions[:, None] - key_pos[None, :]  # (t, window + t)
-        mask = (key_pos[None, :] >= 0) & (offset >= 0) & (offset < self.cfg.window)
+        w, first, n_old = self.cfg.window, cache.start % self.cfg.window, cache.pos - cache.start
+        if first + n_old + t <= w:
+            # Nothing overwritten yet, and old and new positions together fit the window in order: attend
+            # to the filled slots only (a stream's decoder context restarts long before it fills 512), and
+            # every old key is visible to every new position, so only the new ones need a causal mask.
+            slots = slice(first, first + n_old)
+            mask = None if t == 1 else torch.ones(t, n_old + t, dtype=torch.bool, device=x.device).tril(n_old)
+        else:
+            slots = slice(None)
+            key_pos = torch.cat((cache.slot_pos, positions))  # (window + t,)
+            offset = positions[:, None] - key_pos[None, :]  # (t, window + t)
+            mask = (key_pos[None, :] >= 0) & (offset >= 0) & (offset < w)
         # slot_pos is read for the mask above before the layers overwrite slots, then updated once.
-        hidden = self._run(x, positions, mask, cache)
+        hidden = self._run(x, positions, mask, cache, slots)
         logits = self.output(hidden[:, -1:] if last_only else hidden)
         n = min(t, self.cfg.window)
         cache.slot_pos[positions[-n:] % self.cfg.window] = positions[-n:]

@@ -1,4 +1,7 @@
-"""Reduced-precision inference: the linear layers are most of a chunk's compute on a laptop CPU.
+"""Inference precision: the linear layers are most of a chunk's compute on a laptop CPU.
+
+``fp32``: each ``nn.Linear`` keeps its float32 weight, pre-packed for oneDNN (``PackedLinear``): the
+same arithmetic, several times faster for the few rows of a streaming step than ``F.linear``.
 
 ``bf16``: each ``nn.Linear`` keeps a bfloat16 copy of its weight; its input is rounded to bfloat16 and
 its output comes back as float32, so norms, softmax, attention and the convolutional stem stay float32.
@@ -12,10 +15,11 @@ output row) and quantizes the activations on the fly, per call; matrix products 
 accumulation (fbgemm on x86, qnnpack on ARM). Nothing is trained or calibrated, so any checkpoint can
 run either way.
 
-Converted, in both: the encoder's linear layers (compute-bound: 12 frames a chunk), the decoder's
+Converted, in all three: the encoder's linear layers (compute-bound: 12 frames a chunk), the decoder's
 transformer layers and its output head (memory-bound: one position a step, so reading 2x or 4x fewer
 weight bytes is the win; a head over the 17,896-token vocabulary is 6.9 M weights, a third of a decoder step). The head
-gets its own converted copy; the token embedding it is tied to stays fp32, as does the projector.
+gets its own converted copy; the token embedding it is tied to stays fp32, and the projector is packed
+in fp32.
 Measured figures are in the model card (weights/README.md).
 """
 
@@ -56,32 +60,63 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
-class Bf16Linear(nn.Module):
-    """A linear layer with a bfloat16 copy of ``weight`` (out, in) and ``bias``; float32 in, float32 out."""
+def onednn_packing() -> bool:
+    """Whether this torch build can keep a weight in oneDNN's blocked layout (its x86 CPU builds can)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+
+class PackedLinear(nn.Module):
+    """An inference-only linear layer with its weight (out, in) and bias in ``dtype`` (float32 or
+    bfloat16), float32 in and float32 out.
+
+    Where oneDNN is available the weight is kept only pre-packed, in oneDNN's blocked layout (what
+    PyTorch's own compiler does for CPU inference). A plain ``F.linear`` re-reads the weight in its
+    stored layout on every call, which for the one to twelve rows of a streaming step costs more than
+    the arithmetic: measured here on 2 cores, a step of the 17,896-token output head took 3.8 ms in
+    float32 and 0.65 ms in bfloat16 through ``F.linear``, 0.75 and 0.15 ms packed. In bfloat16 the
+    packed product is bit-identical; in float32 only the order of the additions differs. Without
+    oneDNN the dense weight is kept and multiplied with ``F.linear``."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, dtype: torch.dtype = torch.bfloat16):
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        self.register_buffer("weight", weight.detach().to(torch.bfloat16))
-        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.bfloat16))
+        w = weight.detach().to(dtype)
+        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
+        # the packed weight is an opaque oneDNN tensor (not a buffer: nothing saves or moves it)
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(w) if onednn_packing() else None
+        self._dense = None if self.packed is not None else w
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight as an ordinary (out, in) tensor (a copy when it is kept packed)."""
+        return self.packed.to_dense() if self.packed is not None else self._dense
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return (self.packed if self.packed is not None else self._dense).dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # as a 2-D product: a 3-D bfloat16 input is sent to bmm, which copies the whole transposed weight
         # on every call (17 ms for the output head, in a torch.profiler trace of torch 2.13)
-        y = nn.functional.linear(x.reshape(-1, self.in_features).to(torch.bfloat16), self.weight, self.bias)
+        x2 = x.reshape(-1, self.in_features).to(self.dtype)
+        if self.packed is not None:
+            y = torch.ops.mkldnn._linear_pointwise(x2, self.packed, self.bias, "none", [], "")
+        else:
+            y = nn.functional.linear(x2, self._dense, self.bias)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"dtype={self.dtype}, packed={self.packed is not None}")
 
 
-def linear_bf16(module: nn.Module) -> nn.Module:
-    """Replace every ``nn.Linear`` inside ``module`` by a ``Bf16Linear`` (in place)."""
+def pack_linears(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Replace every ``nn.Linear`` inside ``module`` by a ``PackedLinear`` in ``dtype`` (in place)."""
     for name, child in module.named_children():
         if type(child) is nn.Linear:
-            setattr(module, name, Bf16Linear(child.weight, child.bias))
+            setattr(module, name, PackedLinear(child.weight, child.bias, dtype))
         else:
-            linear_bf16(child)
+            pack_linears(child, dtype)
     return module
 
 
@@ -121,25 +156,32 @@ def parameter_count(model: nn.Module) -> int:
             continue
         if isinstance(m, torch.ao.nn.quantized.dynamic.Linear):
             n += m.weight().numel() + (m.bias().numel() if m.bias() is not None else 0)
-        elif isinstance(m, Bf16Linear):
-            n += m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
+        elif isinstance(m, PackedLinear):
+            n += m.out_features * m.in_features + (m.bias.numel() if m.bias is not None else 0)
     return n
 
 
 def apply_precision(model: nn.Module, precision: str) -> nn.Module:
-    """``fp32``: leave the model as loaded; ``bf16`` and ``int8``: convert the encoder's linears, the
-    decoder layers' and the decoder's output head (untied from the fp32 token embedding first); ``auto``:
-    see ``resolve_precision``. The projector and the token embedding stay fp32."""
+    """Make a loaded model ready for inference in ``precision`` (``auto``: see ``resolve_precision``).
+
+    The encoder's linear layers, the decoder layers' and the decoder's output head (untied from the token
+    embedding first, which stays float32) become ``PackedLinear`` in float32 (``fp32``) or bfloat16
+    (``bf16``), or PyTorch's dynamic int8 layers (``int8``). The projector is packed in float32 in every
+    precision. Without oneDNN, ``fp32`` leaves the model as loaded."""
     precision = resolve_precision(precision)
     dec = model.decoder
+    packing = onednn_packing()
+    if packing:
+        pack_linears(model.projector, torch.float32)
     if precision == "int8":
         quantize_linear_int8(model.encoder)
         quantize_linear_int8(dec.layers)
         head = nn.Linear(dec.d_model, dec.cfg.vocab_size, bias=False)
         head.weight = nn.Parameter(dec.output.weight.detach().clone(), requires_grad=False)
         dec.output = quantize_linear_int8(nn.Sequential(head))[0]  # quantize_dynamic swaps children, not the root
-    elif precision == "bf16":
-        linear_bf16(model.encoder)
-        linear_bf16(dec.layers)
-        dec.output = Bf16Linear(dec.output.weight)  # its own copy: the tied token embedding stays fp32
+    elif precision == "bf16" or packing:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        pack_linears(model.encoder, dtype)
+        pack_linears(dec.layers, dtype)
+        dec.output = PackedLinear(dec.output.weight, None, dtype)  # its own copy: the tied embedding stays
     return model
