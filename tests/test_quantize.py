@@ -1,6 +1,8 @@
 """Reduced precision (bf16, int8): the encoder, the decoder layers and the output head are converted;
 outputs stay close; ``auto`` picks bf16 only where the CPU multiplies it natively."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -11,8 +13,8 @@ from reallm_cli.bench import synthetic_audio
 from reallm_cli.engine import DecodeOptions, Recognizer
 from reallm_cli.model.presets import placeholder_tokenizer
 import reallm_cli.model.quantize as quantize
-from reallm_cli.model.quantize import (PackedLinear, PrecisionError, apply_precision, int8_supported, onednn_packing,
-                                       pack_linears, parameter_count, resolve_precision)
+from reallm_cli.model.quantize import (PackedLinear, PrecisionError, apply_precision, fuse_projections, int8_supported,
+                                       onednn_packing, parameter_count, resolve_precision)
 
 needs_int8 = pytest.mark.skipif(not int8_supported(), reason="this PyTorch build has no int8 engine")
 
@@ -24,7 +26,8 @@ def _linears(module: nn.Module) -> list[str]:
 @needs_int8
 def test_int8_converts_the_encoder_decoder_layers_and_a_copy_of_the_output_head():
     model = tiny_model(64).eval()
-    n_enc, n_dec = len(_linears(model.encoder)), len(_linears(model.decoder.layers))
+    fused = fuse_projections(copy.deepcopy(model))  # what is converted: q, k and v are one layer
+    n_enc, n_dec = len(_linears(fused.encoder)), len(_linears(fused.decoder.layers))
     projector = {n: m.weight.detach().clone() for n, m in model.projector.named_modules() if type(m) is nn.Linear}
     embedding = model.decoder.tok_embeddings.weight.detach().clone()
     x = torch.randn(1, 3, model.decoder.d_model)
@@ -56,11 +59,12 @@ def test_fp32_packs_the_same_weights_and_gives_the_same_outputs():
     model = tiny_model(64).eval()
     mel = whisper_log_mel(synthetic_audio(3.0, seed=1), floor="running")[None]  # (1, T, 80)
     lengths = torch.tensor([mel.shape[1]])
-    weights = {n: m.weight.detach().clone() for n, m in model.named_modules() if type(m) is nn.Linear}
     x = torch.randn(1, 3, model.decoder.d_model)
     with torch.no_grad():
         ref, _ = model.encoder(mel, lengths)
         ref_logits = model.decoder.step(x, model.decoder.init_cache(1))
+        fuse_projections(model)
+        weights = {n: m.weight.detach().clone() for n, m in model.named_modules() if type(m) is nn.Linear}
         apply_precision(model, "fp32")
         got, _ = model.encoder(mel, lengths)
         got_logits = model.decoder.step(x, model.decoder.init_cache(1))
@@ -156,7 +160,8 @@ def test_an_unknown_precision_is_refused_before_the_model_loads(monkeypatch):
 
 def test_bf16_converts_the_same_layers_and_keeps_float32_between_them():
     model = tiny_model(64).eval()
-    n_enc, n_dec = len(_linears(model.encoder)), len(_linears(model.decoder.layers))
+    fused = fuse_projections(copy.deepcopy(model))  # what is converted: q, k and v are one layer
+    n_enc, n_dec = len(_linears(fused.encoder)), len(_linears(fused.decoder.layers))
     embedding = model.decoder.tok_embeddings.weight.detach().clone()
     x = torch.randn(1, 3, model.decoder.d_model)
     with torch.no_grad():
@@ -202,3 +207,33 @@ def test_auto_is_fp32_without_onednn(monkeypatch, tmp_path):
     monkeypatch.setattr(quantize, "CPUINFO", str(cpuinfo))
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
     assert resolve_precision("auto") == "fp32"
+
+
+def test_fused_projections_compute_the_same_products():
+    from reallm_cli.model.decoder import DecoderConfig, LlamaDecoder
+    from reallm_cli.model.whisper_encoder import WhisperEncoderConfig, WhisperStreamingEncoder
+
+    torch.manual_seed(0)
+    enc = WhisperStreamingEncoder(WhisperEncoderConfig(d_model=64, n_heads=2, n_layers=2, ffn_dim=128,
+                                                       lookahead_ms=240)).eval()
+    for style in ("whisper", "llama"):  # llama: grouped k and v heads, no biases
+        dec = LlamaDecoder(DecoderConfig(vocab_size=40, d_model=48, n_layers=2, n_heads=4, n_kv_heads=2,
+                                         ffn_hidden=96, window=16, style=style)).eval()
+        both = nn.ModuleDict({"encoder": enc, "decoder": dec})
+        mel = torch.randn(1, 150, 80)
+        x = torch.randn(1, 20, 48)
+
+        def run():
+            with torch.no_grad():
+                state = enc.init_state(1)
+                frames = torch.cat([enc.step(mel[:, i:i + 24], state)[0] for i in range(0, 150, 24)]
+                                   + [enc.flush(state)[0]], dim=1)
+                cache = dec.init_cache(1)
+                return frames, dec(x), torch.cat([dec.step(x[:, i:i + 3], cache) for i in range(0, 20, 3)], dim=1)
+
+        want = run()
+        fuse_projections(both)
+        assert all(m.wq is None and m.wqkv is not None for m in (layer.attn for layer in dec.layers))
+        assert all(b.attn.key is None and b.attn.key_value is not None for b in enc.blocks)
+        for got, ref in zip(run(), want):
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)

@@ -151,6 +151,7 @@ def parameter_count(model: nn.Module) -> int:
     """Weights in the model, the converted linear layers included (``parameters()`` no longer sees them)."""
     n = count_parameters(model)
     for name, m in model.named_modules():
+        n -= getattr(m, "fused_padding", 0)  # see fuse_projections
         # the converted output head is a copy of the token embedding (tied in the file), already counted
         if name.endswith("decoder.output"):
             continue
@@ -161,16 +162,33 @@ def parameter_count(model: nn.Module) -> int:
     return n
 
 
+def fuse_projections(model: nn.Module) -> nn.Module:
+    """One product instead of several where they share an input: the decoder layers' q, k and v, the
+    Whisper encoder's k and v (its queries may wait for look-ahead). Inference only."""
+    from reallm_cli.model.decoder import Attention
+    from reallm_cli.model.whisper_encoder import MultiHeadAttention
+
+    for m in model.modules():
+        if isinstance(m, Attention) and m.wqkv is None:
+            m.fuse_qkv()
+        elif isinstance(m, MultiHeadAttention) and m.key_value is None:
+            m.fuse_key_value()
+    return model
+
+
 def apply_precision(model: nn.Module, precision: str) -> nn.Module:
     """Make a loaded model ready for inference in ``precision`` (``auto``: see ``resolve_precision``).
 
-    The encoder's linear layers, the decoder layers' and the decoder's output head (untied from the token
-    embedding first, which stays float32) become ``PackedLinear`` in float32 (``fp32``) or bfloat16
+    Projections that share an input are fused first (``fuse_projections``). The encoder's linear layers,
+    the decoder layers' and the decoder's output head (untied from the token embedding first, which stays
+    float32) become ``PackedLinear`` in float32 (``fp32``) or bfloat16
     (``bf16``), or PyTorch's dynamic int8 layers (``int8``). The projector is packed in float32 in every
-    precision. Without oneDNN, ``fp32`` leaves the model as loaded."""
+    precision. Without oneDNN, ``fp32`` leaves the model as loaded, unfused."""
     precision = resolve_precision(precision)
     dec = model.decoder
     packing = onednn_packing()
+    if precision != "fp32" or packing:
+        fuse_projections(model)
     if packing:
         pack_linears(model.projector, torch.float32)
     if precision == "int8":

@@ -167,12 +167,28 @@ class MultiHeadAttention(nn.Module):
         self.key = nn.Linear(d_model, d_model, bias=False)
         self.value = nn.Linear(d_model, d_model)
         self.out = nn.Linear(d_model, d_model)
+        self.key_value: nn.Module | None = None  # inference only: key and value in one product (fuse_key_value)
+
+    def fuse_key_value(self) -> None:
+        """Replace ``key`` and ``value`` by one linear layer with both weights: the same products in one
+        call (a streaming step is a few rows, where a call's fixed cost matters). Inference only."""
+        d = self.value.out_features
+        fused = nn.Linear(self.key.in_features, 2 * d, device=self.value.weight.device)
+        with torch.no_grad():
+            fused.weight.copy_(torch.cat((self.key.weight, self.value.weight)))
+            fused.bias.copy_(torch.cat((torch.zeros_like(self.value.bias), self.value.bias)))
+        self.fused_padding = d  # the zero bias standing in for the key's (it has none) is not a weight
+        self.key_value, self.key, self.value = fused, None, None
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         return x.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)  # (B, H, T, dh)
 
     def keys_values(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.key_value is not None:
+            b, t, _ = h.shape
+            kv = self.key_value(h).view(b, t, 2 * self.n_heads, -1).transpose(1, 2)  # (B, 2H, T, dh)
+            return kv[:, : self.n_heads], kv[:, self.n_heads:]
         return self.heads(self.key(h)), self.heads(self.value(h))
 
     def attend(self, h: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
