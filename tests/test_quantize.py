@@ -237,3 +237,17 @@ def test_fused_projections_compute_the_same_products():
         assert all(b.attn.key is None and b.attn.key_value is not None for b in enc.blocks)
         for got, ref in zip(run(), want):
             torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_a_weight_onednn_cannot_pack_falls_back_to_f_linear(monkeypatch):
+    def refuse(_w):
+        raise RuntimeError("no bfloat16 kernels on this CPU")
+
+    monkeypatch.setattr(quantize, "_reorder_weight", refuse)
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 8)
+    layer = PackedLinear(lin.weight, lin.bias, torch.bfloat16)
+    assert layer.packed is None and layer.weight.dtype == torch.bfloat16
+    x = torch.randn(3, 16)
+    want = nn.functional.linear(x.bfloat16(), lin.weight.bfloat16(), lin.bias.bfloat16()).float()
+    assert torch.equal(layer(x), want)

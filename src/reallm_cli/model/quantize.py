@@ -65,6 +65,21 @@ def onednn_packing() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
+def _reorder_weight(w: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(w)
+
+
+def _pack(w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """``w`` in oneDNN's layout, tried once on a row of zeros; None where this CPU or build cannot
+    (oneDNN without bfloat16 kernels, say), so that the layer falls back to ``F.linear``."""
+    try:
+        packed = _reorder_weight(w)
+        torch.ops.mkldnn._linear_pointwise(w.new_zeros(1, w.shape[1]), packed, bias, "none", [], "")
+    except RuntimeError:
+        return None
+    return packed
+
+
 class PackedLinear(nn.Module):
     """An inference-only linear layer with its weight (out, in) and bias in ``dtype`` (float32 or
     bfloat16), float32 in and float32 out.
@@ -83,7 +98,7 @@ class PackedLinear(nn.Module):
         w = weight.detach().to(dtype)
         self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
         # the packed weight is an opaque oneDNN tensor (not a buffer: nothing saves or moves it)
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(w) if onednn_packing() else None
+        self.packed = _pack(w, self.bias) if onednn_packing() else None
         self._dense = None if self.packed is not None else w
 
     @property
