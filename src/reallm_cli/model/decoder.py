@@ -134,23 +134,7 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=bias)
-        self.wqkv: nn.Module | None = None  # inference only: q, k and v in one product (fuse_qkv)
-
-    def fuse_qkv(self) -> None:
-        """Replace ``wq``, ``wk`` and ``wv`` by one linear layer with all three weights: the same products
-        in one call (a decoding step is one row, where a call's fixed cost matters). Inference only."""
-        parts = (self.wq, self.wk, self.wv)
-        has_bias = [m.bias is not None for m in parts]
-        fused = nn.Linear(self.wq.in_features, sum(m.out_features for m in parts), bias=any(has_bias),
-                          device=self.wq.weight.device)
-        with torch.no_grad():
-            fused.weight.copy_(torch.cat([m.weight for m in parts]))
-            if fused.bias is not None:
-                fused.bias.copy_(torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.out_features)
-                                            for m in parts]))
-        # zeros standing in for a missing bias (Whisper's k has none) are not weights of the model
-        self.fused_padding = sum(m.out_features for m, b in zip(parts, has_bias) if any(has_bias) and not b)
-        self.wqkv, self.wq, self.wk, self.wv = fused, None, None, None
+        self.wqkv: nn.Module | None = None  # inference only: wq, wk and wv as one (quantize.fuse_projections)
 
     def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """(B, T, D) -> q (B, H, T, hd), k and v (B, Hkv, T, hd); q and k rotated."""

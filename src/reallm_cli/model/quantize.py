@@ -177,17 +177,34 @@ def parameter_count(model: nn.Module) -> int:
     return n
 
 
+def _concat_linears(parts: list[nn.Linear]) -> tuple[nn.Linear, int]:
+    """One linear layer computing all of ``parts`` (same input) side by side, and how many zeros stand in
+    for the biases some parts lack (Whisper's keys have none): those are not weights of the model."""
+    has_bias = [m.bias is not None for m in parts]
+    w = parts[0].weight
+    fused = nn.Linear(w.shape[1], sum(m.out_features for m in parts), bias=any(has_bias), device=w.device)
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([m.weight for m in parts]))
+        if fused.bias is not None:
+            fused.bias.copy_(torch.cat([m.bias if m.bias is not None else w.new_zeros(m.out_features)
+                                        for m in parts]))
+    return fused, sum(m.out_features for m, b in zip(parts, has_bias) if fused.bias is not None and not b)
+
+
 def fuse_projections(model: nn.Module) -> nn.Module:
-    """One product instead of several where they share an input: the decoder layers' q, k and v, the
-    Whisper encoder's k and v (its queries may wait for look-ahead). Inference only."""
+    """One product instead of several where they share an input (a streaming step is a few rows, where a
+    call's fixed cost matters): the decoder layers' q, k and v, the Whisper encoder's k and v (its
+    queries may wait for look-ahead). The separate layers are dropped. Inference only."""
     from reallm_cli.model.decoder import Attention
     from reallm_cli.model.whisper_encoder import MultiHeadAttention
 
-    for m in model.modules():
+    for m in list(model.modules()):  # a list: the loop replaces submodules
         if isinstance(m, Attention) and m.wqkv is None:
-            m.fuse_qkv()
+            m.wqkv, m.fused_padding = _concat_linears([m.wq, m.wk, m.wv])
+            m.wq = m.wk = m.wv = None
         elif isinstance(m, MultiHeadAttention) and m.key_value is None:
-            m.fuse_key_value()
+            m.key_value, m.fused_padding = _concat_linears([m.key, m.value])
+            m.key = m.value = None
     return model
 
 

@@ -167,18 +167,7 @@ class MultiHeadAttention(nn.Module):
         self.key = nn.Linear(d_model, d_model, bias=False)
         self.value = nn.Linear(d_model, d_model)
         self.out = nn.Linear(d_model, d_model)
-        self.key_value: nn.Module | None = None  # inference only: key and value in one product (fuse_key_value)
-
-    def fuse_key_value(self) -> None:
-        """Replace ``key`` and ``value`` by one linear layer with both weights: the same products in one
-        call (a streaming step is a few rows, where a call's fixed cost matters). Inference only."""
-        d = self.value.out_features
-        fused = nn.Linear(self.key.in_features, 2 * d, device=self.value.weight.device)
-        with torch.no_grad():
-            fused.weight.copy_(torch.cat((self.key.weight, self.value.weight)))
-            fused.bias.copy_(torch.cat((torch.zeros_like(self.value.bias), self.value.bias)))
-        self.fused_padding = d  # the zero bias standing in for the key's (it has none) is not a weight
-        self.key_value, self.key, self.value = fused, None, None
+        self.key_value: nn.Module | None = None  # inference only: key and value as one (quantize.fuse_projections)
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
