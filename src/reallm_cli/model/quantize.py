@@ -96,6 +96,7 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         w = weight.detach().to(dtype)
+        self.dtype = dtype  # read on every call: kept, not asked of the packed tensor
         self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
         # the packed weight is an opaque oneDNN tensor (not a buffer: nothing saves or moves it)
         self.packed = _pack(w, self.bias) if onednn_packing() else None
@@ -105,10 +106,6 @@ class PackedLinear(nn.Module):
     def weight(self) -> torch.Tensor:
         """The weight as an ordinary (out, in) tensor (a copy when it is kept packed)."""
         return self.packed.to_dense() if self.packed is not None else self._dense
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return (self.packed if self.packed is not None else self._dense).dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # as a 2-D product: a 3-D bfloat16 input is sent to bmm, which copies the whole transposed weight
