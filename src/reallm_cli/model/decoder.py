@@ -228,16 +228,22 @@ class LlamaDecoder(nn.Module):
         return self.tok_embeddings(tokens)
 
     def _run(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None,
-             slots: slice = slice(None)):
-        """The layers over x (B, t, D); with a cache, the new positions attend to its ``slots`` too."""
+             span: slice | None = None):
+        """The layers over x (B, t, D). With a cache, the new positions attend to all its slots too, or,
+        given ``span``, to the slots it names, which end with the new positions' own (written first, so
+        that attention reads the cache in place instead of a copy)."""
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
         p, train = self.cfg.dropout, self.training  # F.dropout is the identity when not training
         x = F.dropout(x, p, train)
         for i, layer in enumerate(self.layers):
             q, k, v = layer.attn.project(layer.attn_norm(x), cos, sin)
-            if cache is not None:
-                keys = torch.cat((cache.k[i, :, :, slots], k), dim=2)  # (B, Hkv, slots + t, hd)
-                values = torch.cat((cache.v[i, :, :, slots], v), dim=2)
+            if cache is not None and span is not None:
+                new = slice(span.stop - k.shape[2], span.stop)
+                cache.k[i, :, :, new], cache.v[i, :, :, new] = k, v
+                keys, values = cache.k[i, :, :, span], cache.v[i, :, :, span]  # (B, Hkv, old + t, hd)
+            elif cache is not None:
+                keys = torch.cat((cache.k[i], k), dim=2)  # (B, Hkv, window + t, hd)
+                values = torch.cat((cache.v[i], v), dim=2)
                 self._write_ring(cache, i, positions, k, v)
             else:
                 keys, values = k, v
@@ -302,15 +308,15 @@ class LlamaDecoder(nn.Module):
             # Nothing overwritten yet, and old and new positions together fit the window in order: attend
             # to the filled slots only (a stream's decoder context restarts long before it fills 512), and
             # every old key is visible to every new position, so only the new ones need a causal mask.
-            slots = slice(first, first + n_old)
+            span = slice(first, first + n_old + t)  # the new positions land right after the old ones
             mask = None if t == 1 else torch.ones(t, n_old + t, dtype=torch.bool, device=x.device).tril(n_old)
         else:
-            slots = slice(None)
+            span = None
             key_pos = torch.cat((cache.slot_pos, positions))  # (window + t,)
             offset = positions[:, None] - key_pos[None, :]  # (t, window + t)
             mask = (key_pos[None, :] >= 0) & (offset >= 0) & (offset < w)
         # slot_pos is read for the mask above before the layers overwrite slots, then updated once.
-        hidden = self._run(x, positions, mask, cache, slots)
+        hidden = self._run(x, positions, mask, cache, span)
         logits = self.output(hidden[:, -1:] if last_only else hidden)
         n = min(t, self.cfg.window)
         cache.slot_pos[positions[-n:] % self.cfg.window] = positions[-n:]
