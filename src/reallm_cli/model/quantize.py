@@ -10,12 +10,6 @@ bfloat16 keeps float32's range and 8 bits of mantissa: on a CPU with bfloat16 do
 accumulation. Other CPUs have no such instructions, so bf16 is not expected to be faster there, and
 ``auto`` picks it only on CPUs that report them.
 
-``mixed``: the encoder in int8 (but for the few layers it names in ``float_linears``), the decoder
-layers in packed float32, and the output head scored in
-int8 with its best few tokens rescored exactly in float32 (``RescoredHead``). On CPUs without bfloat16
-instructions (AVX2 laptops) this is what ``auto`` picks: the encoder's 12-row products are where int8
-pays most, while the decoder layers, which decide the words, keep float32 (int8 there cost words).
-
 ``int8``: PyTorch's dynamic quantization stores each ``nn.Linear`` weight as int8 (one scale per
 output row) and quantizes the activations on the fly, per call; matrix products run in int8 with int32
 accumulation (fbgemm on x86, qnnpack on ARM). Nothing is trained or calibrated, so any checkpoint can
@@ -39,7 +33,7 @@ from torch import nn
 from reallm_cli.errors import ReallmError
 from reallm_cli.model.decoder import count_parameters
 
-PRECISIONS = ("auto", "fp32", "bf16", "int8", "mixed")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 CPUINFO = "/proc/cpuinfo"
 
@@ -60,12 +54,9 @@ def native_bf16() -> bool:
 
 
 def resolve_precision(precision: str) -> str:
-    """``auto`` becomes bf16 where the CPU multiplies bfloat16 natively, else mixed where PyTorch has an
-    int8 engine, else fp32; others pass through."""
+    """``auto`` becomes bf16 where the CPU multiplies bfloat16 natively, else fp32; others pass through."""
     if check_precision(precision) == "auto":
-        if native_bf16():
-            return "bf16"
-        return "mixed" if int8_supported() else "fp32"
+        return "bf16" if native_bf16() else "fp32"
     return precision
 
 
@@ -157,36 +148,6 @@ def quantize_linear_int8(module: nn.Module) -> nn.Module:
         return quantize_dynamic(module, {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
 
 
-def _int8_linear(weight: torch.Tensor) -> nn.Module:
-    """A dynamically quantized int8 copy of a bias-free linear layer with ``weight`` (out, in)."""
-    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-    lin.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
-    return quantize_linear_int8(nn.Sequential(lin))[0]  # quantize_dynamic swaps children, not the root
-
-
-class RescoredHead(nn.Module):
-    """The output head for greedy decoding at int8's cost and float32's decisions.
-
-    Every token is scored by an int8 copy of the weight (a quarter of float32's memory traffic: the head
-    is the decoder's largest layer, 17,896 x 384 in the default model); the ``top_k`` best are then
-    scored again exactly, in float32, from the float32 weight (shared with the token embedding, not
-    copied), and their scores replace the int8 ones. The argmax is float32's unless int8's rounding moves
-    float32's best token below ``top_k`` others, which the tests look for on real decoder states."""
-
-    def __init__(self, weight: torch.Tensor, top_k: int = 8):
-        super().__init__()
-        self.weight = weight  # (V, D) float32, read for the top_k rows only
-        self.coarse = _int8_linear(weight)
-        self.top_k = min(top_k, weight.shape[0])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, x.shape[-1])
-        logits = self.coarse(x2)
-        idx = logits.topk(self.top_k, dim=-1).indices  # (N, k)
-        exact = torch.einsum("nd,nkd->nk", x2, self.weight[idx])
-        return logits.scatter(-1, idx, exact).reshape(*x.shape[:-1], -1)
-
-
 class PrecisionError(ReallmError, ValueError):
     """A precision this build cannot run."""
 
@@ -204,7 +165,7 @@ def parameter_count(model: nn.Module) -> int:
     for name, m in model.named_modules():
         n -= getattr(m, "fused_padding", 0)  # see fuse_projections
         # the converted output head is a copy of the token embedding (tied in the file), already counted
-        if name.endswith(("decoder.output", "decoder.output.coarse")):
+        if name.endswith("decoder.output"):
             continue
         if isinstance(m, torch.ao.nn.quantized.dynamic.Linear):
             n += m.weight().numel() + (m.bias().numel() if m.bias() is not None else 0)
@@ -250,8 +211,7 @@ def apply_precision(model: nn.Module, precision: str) -> nn.Module:
     Projections that share an input are fused first (``fuse_projections``). The encoder's linear layers,
     the decoder layers' and the decoder's output head (untied from the token embedding first, which stays
     float32) become ``PackedLinear`` in float32 (``fp32``) or bfloat16
-    (``bf16``), or PyTorch's dynamic int8 layers (``int8``); ``mixed`` has an int8 encoder, float32
-    decoder layers and a ``RescoredHead``. The projector is packed in float32 in every
+    (``bf16``), or PyTorch's dynamic int8 layers (``int8``). The projector is packed in float32 in every
     precision. Without oneDNN, ``fp32`` leaves the model as loaded, unfused."""
     precision = resolve_precision(precision)
     dec = model.decoder
@@ -263,17 +223,9 @@ def apply_precision(model: nn.Module, precision: str) -> nn.Module:
     if precision == "int8":
         quantize_linear_int8(model.encoder)
         quantize_linear_int8(dec.layers)
-        dec.output = _int8_linear(dec.output.weight)
-    elif precision == "mixed":
-        keep = getattr(model.encoder, "float_linears", ())  # layers int8 would hurt (the encoder says which)
-        for name, m in list(model.encoder.named_modules()):
-            for child_name, child in list(m.named_children()):
-                if type(child) is nn.Linear and f"{name}.{child_name}".endswith(keep):
-                    setattr(m, child_name, PackedLinear(child.weight, child.bias, torch.float32))
-        quantize_linear_int8(model.encoder)
-        if packing:
-            pack_linears(dec.layers, torch.float32)
-        dec.output = RescoredHead(dec.output.weight.detach())
+        head = nn.Linear(dec.d_model, dec.cfg.vocab_size, bias=False)
+        head.weight = nn.Parameter(dec.output.weight.detach().clone(), requires_grad=False)
+        dec.output = quantize_linear_int8(nn.Sequential(head))[0]  # quantize_dynamic swaps children, not the root
     elif precision == "bf16" or packing:
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         pack_linears(model.encoder, dtype)
