@@ -1,5 +1,5 @@
-"""Reduced precision (bf16, int8): the encoder, the decoder layers and the output head are converted;
-outputs stay close; ``auto`` picks bf16 only where the CPU multiplies it natively."""
+"""Reduced precision (bf16, fp16, int8): the encoder, the decoder layers and the output head are converted;
+outputs stay close; ``auto`` picks bf16 where the CPU multiplies it natively, else fp16 where it can."""
 
 import copy
 
@@ -13,18 +13,20 @@ from reallm_cli.bench import synthetic_audio
 from reallm_cli.engine import DecodeOptions, Recognizer
 from reallm_cli.model.presets import placeholder_tokenizer
 import reallm_cli.model.quantize as quantize
-from reallm_cli.model.quantize import (PackedLinear, PrecisionError, apply_precision, fuse_projections, int8_supported,
-                                       onednn_packing, parameter_count, resolve_precision)
+from reallm_cli.model.quantize import (PackedLinear, PrecisionError, apply_precision, fp16_supported, fuse_projections,
+                                       int8_supported, onednn_packing, parameter_count, resolve_precision)
 
 needs_int8 = pytest.mark.skipif(not int8_supported(), reason="this PyTorch build has no int8 engine")
+needs_fp16 = pytest.mark.skipif(not fp16_supported(), reason="this PyTorch build has no FBGEMM")
+DYNAMIC = [pytest.param("int8", torch.qint8, 0.05, marks=needs_int8), pytest.param("fp16", torch.float16, 1e-3, marks=needs_fp16)]
 
 
 def _linears(module: nn.Module) -> list[str]:
     return [n for n, m in module.named_modules() if type(m) is nn.Linear]
 
 
-@needs_int8
-def test_int8_converts_the_encoder_decoder_layers_and_a_copy_of_the_output_head():
+@pytest.mark.parametrize("precision, dtype, tolerance", DYNAMIC)
+def test_int8_and_fp16_convert_the_encoder_decoder_layers_and_a_copy_of_the_output_head(precision, dtype, tolerance):
     model = tiny_model(64).eval()
     fused = fuse_projections(copy.deepcopy(model))  # what is converted: q, k and v are one layer
     n_enc, n_dec = len(_linears(fused.encoder)), len(_linears(fused.decoder.layers))
@@ -34,15 +36,17 @@ def test_int8_converts_the_encoder_decoder_layers_and_a_copy_of_the_output_head(
     with torch.no_grad():
         logits = model.decoder.output(x)
     assert n_enc > 0 and n_dec > 0
-    apply_precision(model, "int8")
+    apply_precision(model, precision)
     assert _linears(model.encoder) == [] and _linears(model.decoder.layers) == []
+    dynamic = torch.ao.nn.quantized.dynamic.Linear
     for part, n in ((model.encoder, n_enc), (model.decoder.layers, n_dec)):
-        assert sum(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in part.modules()) == n
-    # the head is an int8 copy: close to the fp32 logits; the token embedding stays fp32 and unchanged
-    assert isinstance(model.decoder.output, torch.ao.nn.quantized.dynamic.Linear)
+        layers = [m for m in part.modules() if isinstance(m, dynamic)]
+        assert len(layers) == n and all(m._packed_params.dtype == dtype for m in layers)
+    # the head is a converted copy: close to the fp32 logits; the token embedding stays fp32 and unchanged
+    assert isinstance(model.decoder.output, dynamic) and model.decoder.output._packed_params.dtype == dtype
     with torch.no_grad():
         err = (model.decoder.output(x) - logits).abs().max().item()
-    assert 0 < err < 0.05 * logits.abs().max().item()
+    assert 0 < err < tolerance * logits.abs().max().item()
     assert type(model.decoder.tok_embeddings) is nn.Embedding
     assert torch.equal(model.decoder.tok_embeddings.weight, embedding)
     # the projector stays float32, packed where oneDNN is available
@@ -109,11 +113,12 @@ def test_without_onednn_fp32_leaves_the_model_alone(monkeypatch):
 
 
 def test_unknown_precisions_are_refused():
-    with pytest.raises(PrecisionError, match="auto, fp32, bf16, int8"):
+    with pytest.raises(PrecisionError, match="auto, fp32, bf16, fp16, int8"):
         apply_precision(tiny_model(64).eval(), "fp8")
 
 
-@pytest.mark.parametrize("precision, tolerance", [pytest.param("int8", 0.05, marks=needs_int8), ("bf16", 0.02)])
+@pytest.mark.parametrize("precision, tolerance", [pytest.param("int8", 0.05, marks=needs_int8), ("bf16", 0.02),
+                                                   pytest.param("fp16", 1e-3, marks=needs_fp16)])
 def test_encoder_output_stays_close_to_fp32(precision, tolerance):
     model = tiny_model(64).eval()
     mel = whisper_log_mel(synthetic_audio(3.0, seed=1), floor="running")[None]  # (1, T, 80)
@@ -126,10 +131,10 @@ def test_encoder_output_stays_close_to_fp32(precision, tolerance):
     assert 0 < rel < tolerance, rel  # changed (it is not fp32), but by little
 
 
-@needs_int8
-def test_an_int8_session_streams_like_any_other():
+@pytest.mark.parametrize("precision", [pytest.param("int8", marks=needs_int8), pytest.param("fp16", marks=needs_fp16)])
+def test_an_int8_or_fp16_session_streams_like_any_other(precision):
     tok = placeholder_tokenizer(64)
-    model = apply_precision(tiny_model(tok.vocab_size).eval(), "int8")
+    model = apply_precision(tiny_model(tok.vocab_size).eval(), precision)
     rec = Recognizer(model, tok, DecodeOptions(max_tokens_per_chunk=2))
     s = rec.session()
     audio = synthetic_audio(2.0, seed=2)
@@ -139,12 +144,12 @@ def test_an_int8_session_streams_like_any_other():
     assert s.chunks_done >= 8
 
 
-@needs_int8
-def test_parameter_count_still_sees_the_int8_weights():
+@pytest.mark.parametrize("precision", [pytest.param("int8", marks=needs_int8), pytest.param("fp16", marks=needs_fp16)])
+def test_parameter_count_still_sees_the_int8_and_fp16_weights(precision):
     model = tiny_model(64).eval()
     before = parameter_count(model)
     assert before == sum(p.numel() for p in model.parameters())
-    apply_precision(model, "int8")
+    apply_precision(model, precision)
     assert sum(p.numel() for p in model.parameters()) < before  # the packed weights left parameters()
     assert parameter_count(model) == before
 
@@ -191,15 +196,19 @@ def test_parameter_count_sees_the_bf16_weights():
     assert parameter_count(model) == before
 
 
-@pytest.mark.parametrize("flags, expected", [("fpu avx2 avx512f avx512_bf16", "bf16"), ("fpu amx_bf16 amx_tile", "bf16"),
-                                             ("fpu avx2 avx512f avx512_vnni", "fp32"), (None, "fp32")])
-def test_auto_is_bf16_only_where_the_cpu_multiplies_it(monkeypatch, tmp_path, flags, expected):
+@pytest.mark.parametrize("fbgemm", [True, False])
+@pytest.mark.parametrize("flags, native", [("fpu avx2 avx512f avx512_bf16", True), ("fpu amx_bf16 amx_tile", True),
+                                           ("fpu avx2 avx512f avx512_vnni", False), ("fpu avx2 fma f16c", False),
+                                           (None, False)])
+def test_auto_is_bf16_where_the_cpu_multiplies_it_else_fp16_where_fbgemm_is(monkeypatch, tmp_path, flags, native,
+                                                                            fbgemm):
     cpuinfo = tmp_path / "cpuinfo"
     if flags is not None:
         cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\n")
     monkeypatch.setattr(quantize, "CPUINFO", str(cpuinfo))
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
-    assert resolve_precision("auto") == expected
+    monkeypatch.setattr(quantize, "fp16_supported", lambda: fbgemm)
+    assert resolve_precision("auto") == ("bf16" if native else "fp16" if fbgemm else "fp32")
     assert resolve_precision("int8") == "int8" and resolve_precision("fp32") == "fp32"
 
 
@@ -208,6 +217,7 @@ def test_auto_is_fp32_without_onednn(monkeypatch, tmp_path):
     cpuinfo.write_text("flags\t\t: fpu avx512_bf16\n")
     monkeypatch.setattr(quantize, "CPUINFO", str(cpuinfo))
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    monkeypatch.setattr(quantize, "fp16_supported", lambda: False)
     assert resolve_precision("auto") == "fp32"
 
 
@@ -253,3 +263,10 @@ def test_a_weight_onednn_cannot_pack_falls_back_to_f_linear(monkeypatch):
     x = torch.randn(3, 16)
     want = nn.functional.linear(x.bfloat16(), lin.weight.bfloat16(), lin.bias.bfloat16()).float()
     assert torch.equal(layer(x), want)
+
+
+@needs_fp16
+def test_fp16_refuses_where_pytorch_has_no_fbgemm(monkeypatch):
+    monkeypatch.setattr(quantize, "fp16_supported", lambda: False)
+    with pytest.raises(PrecisionError, match="FBGEMM"):
+        apply_precision(tiny_model(64).eval(), "fp16")

@@ -32,7 +32,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("manifest")
     ap.add_argument("--model", default=None, help="model name or file (default: the embedded model)")
-    ap.add_argument("--precision", default="auto", help="auto, fp32, bf16 or int8 (see reallm_cli.model.quantize)")
+    ap.add_argument("--precision", default="auto", help="auto, fp32, bf16, fp16 or int8 (see reallm_cli.model.quantize)")
     ap.add_argument("--clips", type=int, default=100)
     ap.add_argument("--gap-s", type=float, default=0.5, help="silence between clips")
     args = ap.parse_args()

@@ -253,7 +253,7 @@ class Recognizer:
     @classmethod
     def load(cls, model: str | Path | None = None, precision: str = "auto", **option_overrides) -> "Recognizer":
         """Load by registry name, path, or None for the embedded default model; ``precision`` is auto, fp32,
-        bf16 or int8 (the linear layers converted on load, see ``model.quantize``)."""
+        bf16, fp16 or int8 (the linear layers converted on load, see ``model.quantize``)."""
         from reallm_cli.model.checkpoint import load_model
         from reallm_cli.model.quantize import apply_precision, resolve_precision
         from reallm_cli.weights import resolve_model

@@ -10,6 +10,12 @@ bfloat16 keeps float32's range and 8 bits of mantissa: on a CPU with bfloat16 do
 accumulation. Other CPUs have no such instructions, so bf16 is not expected to be faster there, and
 ``auto`` picks it only on CPUs that report them.
 
+``fp16``: each ``nn.Linear`` keeps a float16 copy of its weight, multiplied by FBGEMM's fp16 kernel
+(part of PyTorch's x86 builds, reached through its dynamic quantization API): activations stay float32,
+the weight is widened to float32 as it is read (F16C), sums are float32. Half float32's weight
+traffic at float16's 11-bit mantissa (a product moves by ~2e-4, relative), so on x86 CPUs without
+bfloat16 instructions (AVX2 laptops) ``auto`` picks it.
+
 ``int8``: PyTorch's dynamic quantization stores each ``nn.Linear`` weight as int8 (one scale per
 output row) and quantizes the activations on the fly, per call; matrix products run in int8 with int32
 accumulation (fbgemm on x86, qnnpack on ARM). Nothing is trained or calibrated, so any checkpoint can
@@ -33,7 +39,7 @@ from torch import nn
 from reallm_cli.errors import ReallmError
 from reallm_cli.model.decoder import count_parameters
 
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 CPUINFO = "/proc/cpuinfo"
 
@@ -54,9 +60,12 @@ def native_bf16() -> bool:
 
 
 def resolve_precision(precision: str) -> str:
-    """``auto`` becomes bf16 where the CPU multiplies bfloat16 natively, else fp32; others pass through."""
+    """``auto`` becomes bf16 where the CPU multiplies bfloat16 natively, else fp16 where PyTorch has
+    FBGEMM (x86), else fp32; others pass through."""
     if check_precision(precision) == "auto":
-        return "bf16" if native_bf16() else "fp32"
+        if native_bf16():
+            return "bf16"
+        return "fp16" if fp16_supported() else "fp32"
     return precision
 
 
@@ -148,6 +157,29 @@ def quantize_linear_int8(module: nn.Module) -> nn.Module:
         return quantize_dynamic(module, {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
 
 
+def fp16_supported() -> bool:
+    return "fbgemm" in torch.backends.quantized.supported_engines
+
+
+def convert_linear_fp16(module: nn.Module) -> nn.Module:
+    """Replace every ``nn.Linear`` inside ``module`` by its float16-weight twin (FBGEMM), in place."""
+    if not fp16_supported():
+        raise PrecisionError("this PyTorch build has no FBGEMM for fp16 weights (x86 builds have it)")
+    with warnings.catch_warnings():  # see quantize_linear_int8
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import float16_dynamic_qconfig, quantize_dynamic
+
+        return quantize_dynamic(module, {nn.Linear: float16_dynamic_qconfig}, inplace=True)
+
+
+def _head_copy(weight: torch.Tensor) -> nn.Sequential:
+    """A bias-free linear layer holding a copy of ``weight`` (out, in), in a Sequential: quantize_dynamic
+    swaps children, not the module it is given."""
+    head = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    head.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+    return nn.Sequential(head)
+
+
 class PrecisionError(ReallmError, ValueError):
     """A precision this build cannot run."""
 
@@ -211,7 +243,7 @@ def apply_precision(model: nn.Module, precision: str) -> nn.Module:
     Projections that share an input are fused first (``fuse_projections``). The encoder's linear layers,
     the decoder layers' and the decoder's output head (untied from the token embedding first, which stays
     float32) become ``PackedLinear`` in float32 (``fp32``) or bfloat16
-    (``bf16``), or PyTorch's dynamic int8 layers (``int8``). The projector is packed in float32 in every
+    (``bf16``), or PyTorch's dynamic int8 or float16-weight layers (``int8``, ``fp16``). The projector is packed in float32 in every
     precision. Without oneDNN, ``fp32`` leaves the model as loaded, unfused."""
     precision = resolve_precision(precision)
     dec = model.decoder
@@ -220,12 +252,11 @@ def apply_precision(model: nn.Module, precision: str) -> nn.Module:
         fuse_projections(model)
     if packing:
         pack_linears(model.projector, torch.float32)
-    if precision == "int8":
-        quantize_linear_int8(model.encoder)
-        quantize_linear_int8(dec.layers)
-        head = nn.Linear(dec.d_model, dec.cfg.vocab_size, bias=False)
-        head.weight = nn.Parameter(dec.output.weight.detach().clone(), requires_grad=False)
-        dec.output = quantize_linear_int8(nn.Sequential(head))[0]  # quantize_dynamic swaps children, not the root
+    if precision in ("int8", "fp16"):
+        convert = quantize_linear_int8 if precision == "int8" else convert_linear_fp16
+        convert(model.encoder)
+        convert(dec.layers)
+        dec.output = convert(_head_copy(dec.output.weight))[0]
     elif precision == "bf16" or packing:
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         pack_linears(model.encoder, dtype)
