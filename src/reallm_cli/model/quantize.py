@@ -7,8 +7,8 @@ same arithmetic, several times faster for the few rows of a streaming step than 
 its output comes back as float32, so norms, softmax, attention and the convolutional stem stay float32.
 bfloat16 keeps float32's range and 8 bits of mantissa: on a CPU with bfloat16 dot products
 (AVX512-BF16 or AMX) oneDNN multiplies it at several times float32's speed, with float32
-accumulation. Other CPUs have no such instructions, so bf16 is not expected to be faster there, and
-``auto`` picks it only on CPUs that report them.
+accumulation. Other CPUs have no such instructions, and oneDNN no bfloat16 kernels for them (bf16
+then falls back to ``F.linear``, slower than fp32), so ``auto`` picks it only on CPUs that report them.
 
 ``fp16``: each ``nn.Linear`` keeps a float16 copy of its weight, multiplied by FBGEMM's fp16 kernel
 (part of PyTorch's x86 builds, reached through its dynamic quantization API): activations stay float32,
@@ -21,11 +21,11 @@ output row) and quantizes the activations on the fly, per call; matrix products 
 accumulation (fbgemm on x86, qnnpack on ARM). Nothing is trained or calibrated, so any checkpoint can
 run either way.
 
-Converted, in all three: the encoder's linear layers (compute-bound: 12 frames a chunk), the decoder's
+Converted, in all four: the encoder's linear layers (compute-bound: 12 frames a chunk), the decoder's
 transformer layers and its output head (memory-bound: one position a step, so reading 2x or 4x fewer
-weight bytes is the win; a head over the 17,896-token vocabulary is 6.9 M weights, a third of a decoder step). The head
-gets its own converted copy; the token embedding it is tied to stays fp32, and the projector is packed
-in fp32.
+weight bytes is the win; a head over the 17,896-token vocabulary is 6.9 M weights, a third of a decoder
+step). The head gets its own converted copy; the token embedding it is tied to stays fp32, and the
+projector is packed in fp32.
 Measured figures are in the model card (weights/README.md).
 """
 
@@ -242,8 +242,8 @@ def apply_precision(model: nn.Module, precision: str) -> nn.Module:
 
     Projections that share an input are fused first (``fuse_projections``). The encoder's linear layers,
     the decoder layers' and the decoder's output head (untied from the token embedding first, which stays
-    float32) become ``PackedLinear`` in float32 (``fp32``) or bfloat16
-    (``bf16``), or PyTorch's dynamic int8 or float16-weight layers (``int8``, ``fp16``). The projector is packed in float32 in every
+    float32) become ``PackedLinear`` in float32 (``fp32``) or bfloat16 (``bf16``), or PyTorch's dynamic
+    int8 or float16-weight layers (``int8``, ``fp16``). The projector is packed in float32 in every
     precision. Without oneDNN, ``fp32`` leaves the model as loaded, unfused."""
     precision = resolve_precision(precision)
     dec = model.decoder
