@@ -10,4 +10,5 @@ Precision = Annotated[str, typer.Option(
     "--precision",
     help="auto: bf16 on a CPU that multiplies bfloat16 natively (AVX512-BF16 or AMX), else fp16 on x86 "
          "(float16 weights, float32 arithmetic), else fp32. bf16, fp16 or int8: the encoder's and decoder's "
-         "linear layers converted on load (faster; int8 is slightly less accurate; see the model card).")]
+         "linear layers converted on load (faster; int8 is slightly less accurate; bf16 is slower than fp32 on "
+         "a CPU without bfloat16 instructions; see the model card).")]
