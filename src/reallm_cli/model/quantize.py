@@ -145,16 +145,22 @@ def int8_supported() -> bool:
     return "fbgemm" in torch.backends.quantized.supported_engines or "qnnpack" in torch.backends.quantized.supported_engines
 
 
+def _swap_linears(module: nn.Module, qconfig_name: str) -> nn.Module:
+    """Every ``nn.Linear`` inside ``module`` replaced in place by PyTorch's dynamic twin for the qconfig
+    named (``torch.ao.quantization``)."""
+    with warnings.catch_warnings():  # the eager API is deprecated in favour of torchao, not a dependency here
+        warnings.simplefilter("ignore")
+        import torch.ao.quantization as tq
+
+        return tq.quantize_dynamic(module, {nn.Linear: getattr(tq, qconfig_name)}, inplace=True)
+
+
 def quantize_linear_int8(module: nn.Module) -> nn.Module:
     """Replace every ``nn.Linear`` inside ``module`` by its dynamically quantized int8 twin (in place)."""
     if not int8_supported():
         raise PrecisionError("this PyTorch build has no int8 engine (fbgemm or qnnpack)")
-    with warnings.catch_warnings():  # the eager API is deprecated in favour of torchao, not a dependency here
-        warnings.simplefilter("ignore")
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-        # one scale per output row: a whole-matrix scale loses the small rows to rounding
-        return quantize_dynamic(module, {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+    # one scale per output row: a whole-matrix scale loses the small rows to rounding
+    return _swap_linears(module, "per_channel_dynamic_qconfig")
 
 
 def fp16_supported() -> bool:
@@ -165,11 +171,7 @@ def convert_linear_fp16(module: nn.Module) -> nn.Module:
     """Replace every ``nn.Linear`` inside ``module`` by its float16-weight twin (FBGEMM), in place."""
     if not fp16_supported():
         raise PrecisionError("this PyTorch build has no FBGEMM for fp16 weights (x86 builds have it)")
-    with warnings.catch_warnings():  # see quantize_linear_int8
-        warnings.simplefilter("ignore")
-        from torch.ao.quantization import float16_dynamic_qconfig, quantize_dynamic
-
-        return quantize_dynamic(module, {nn.Linear: float16_dynamic_qconfig}, inplace=True)
+    return _swap_linears(module, "float16_dynamic_qconfig")
 
 
 def _head_copy(weight: torch.Tensor) -> nn.Sequential:
