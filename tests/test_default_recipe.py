@@ -29,18 +29,24 @@ SENTENCES = ["the cat sat on the mat", "ask what you can do", "seven green trees
              "she reads a book every night", "we walked to the station in the rain", "open the window please"]
 
 
+def make_data(folder, texts, voices=("espeak-us",)):
+    """A train.jsonl of ``texts`` spoken by ``voices`` in turn, in ``folder``."""
+    from reallm_cli.train.synth import get_voice
+
+    folder.mkdir()
+    with open(folder / "train.jsonl", "w") as f:
+        for i, text in enumerate(texts):
+            audio = folder / f"u{i}.flac"
+            x = get_voice(voices[i % len(voices)]).synthesize(text, out_path=audio)
+            f.write(json.dumps({"id": f"u{i}", "audio": str(audio), "text": text, "duration": len(x) / 16000}) + "\n")
+    return folder
+
+
 def test_init_model_fine_tunes_the_shipped_model(tmp_path):
     from reallm_cli.model.checkpoint import load_model
-    from reallm_cli.train.synth import get_voice
     from reallm_cli.weights import resolve_model
 
-    data = tmp_path / "data"
-    data.mkdir()
-    with open(data / "train.jsonl", "w") as f:
-        for i, text in enumerate(SENTENCES * 2):
-            audio = data / f"u{i}.flac"
-            x = get_voice(["espeak-us", "espeak-gb"][i % 2]).synthesize(text, out_path=audio)
-            f.write(json.dumps({"id": f"u{i}", "audio": str(audio), "text": text, "duration": len(x) / 16000}) + "\n")
+    data = make_data(tmp_path / "data", SENTENCES * 2, ("espeak-us", "espeak-gb"))
     base = resolve_model(None)
     out = tmp_path / "tuned.safetensors"
     r = subprocess.run(
@@ -68,19 +74,39 @@ def test_init_model_fine_tunes_the_shipped_model(tmp_path):
     assert (sa[emb] - sb[emb]).abs().max() < 0.05
 
 
+def test_a_new_decoder_on_the_encoder_of_a_trained_model(tmp_path):
+    """--encoder MODEL_FILE: the model's adapted encoder makes the features and goes into the new model as
+    it is, while the tokenizer and the decoder are new (here a small one trained from nothing)."""
+    from reallm_cli.model.checkpoint import load_model
+    from reallm_cli.weights import resolve_model
+
+    data = make_data(tmp_path / "data", SENTENCES * 2, ("espeak-us", "espeak-gb"))
+    base, out = resolve_model(None), tmp_path / "new.safetensors"
+    r = subprocess.run(
+        [sys.executable, str(REPO / "recipes" / "default" / "train.py"), "--data", str(data), "--work",
+         str(tmp_path / "work"), "--encoder", str(base), "--out", str(out), "--vocab", "300", "--d-model", "64",
+         "--layers", "1", "--stages", "features,tokenizer,teacher,align,reallm,export", "--teacher-steps", "4",
+         "--reallm-steps", "2", "--reallm-warmup", "1", "--max-frames", "600"],
+        capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert f"the encoder of {base}: chunk 240 ms, look-ahead 240 ms" in r.stdout
+
+    before, tok_before = load_model(base)
+    after, tok_after = load_model(out)
+    assert after.config.encoder == before.config.encoder
+    sa, sb = after.state_dict(), before.state_dict()
+    encoder_keys = [k for k in sb if k.startswith("encoder.")]
+    assert encoder_keys and all(torch.equal(sa[k], sb[k]) for k in encoder_keys)
+    assert tok_after.vocab_size == 300 != tok_before.vocab_size
+    assert after.config.decoder.d_model == 64
+
+
 def test_distillation_from_offline_whisper_runs_through_the_recipe(tmp_path):
     """--kd-weight: the softlabels stage scores every transcript with offline Whisper tiny.en (a test
     dependency), and the reallm stage trains on them; a killed softlabels stage resumes from its parts."""
-    from reallm_cli.train.synth import get_voice
     from reallm_cli.weights import resolve_model
 
-    data = tmp_path / "data"
-    data.mkdir()
-    with open(data / "train.jsonl", "w") as f:
-        for i, text in enumerate(SENTENCES):
-            audio = data / f"u{i}.flac"
-            x = get_voice("espeak-us").synthesize(text, out_path=audio)
-            f.write(json.dumps({"id": f"u{i}", "audio": str(audio), "text": text, "duration": len(x) / 16000}) + "\n")
+    data = make_data(tmp_path / "data", SENTENCES)
     work, out = tmp_path / "work", tmp_path / "kd.safetensors"
     cmd = [sys.executable, str(REPO / "recipes" / "default" / "train.py"), "--data", str(data), "--work", str(work),
            "--init-model", str(resolve_model(None)), "--out", str(out), "--vocab", "300", "--teacher-steps", "4",

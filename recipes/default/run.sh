@@ -17,26 +17,34 @@ WORDNET_HOURS=${WORDNET_HOURS:-32}  # hours of WordNet usage examples on top (32
 CHAT_HOURS=${CHAT_HOURS:-0}  # hours of chatterbot-corpus conversations on top (about 2.7 h is all of them)
 PROJECTOR_HIDDEN=${PROJECTOR_HIDDEN:-0}  # >0: a GELU layer of this width in the projector (0: linear, the paper's)
 KD_WEIGHT=${KD_WEIGHT:-0}  # >0: each piece's target mixes in offline Whisper tiny.en's distribution (softlabels stage)
+ENCODER_FROM_MODEL=${ENCODER_FROM_MODEL:-}  # a model file whose adapted encoder to reuse (skips import and adaptation)
 BF16=${BF16:-0}  # 1: bf16 autocast in training (1.7x faster ReaLLM steps on CPUs with AVX512-BF16 or AMX)
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
 
 stamp "data ($HOURS h)"
 python recipes/default/make_data.py --out "$DATA" --hours "$HOURS" --real-copies "$REAL_COPIES" \
     --wordnet-hours "$WORDNET_HOURS" --chat-hours "$CHAT_HOURS" --jobs 2
-stamp "import Whisper base encoder"
-[ -f "$ENCODER" ] || python scripts/import_whisper.py --model base --out "$ENCODER"
-adapt=(python recipes/default/adapt_encoder.py --manifest "$DATA/train.jsonl" --work "$WORK"
-       --encoder "$ENCODER" --start "$START")
-stamp "encoder cache (2 workers)"
-"${adapt[@]}" --stages cache --worker 0 --workers 2 &
-worker0=$!
-"${adapt[@]}" --stages cache --worker 1 --workers 2
-wait "$worker0"  # a failed worker stops the recipe (a bare `wait` would return 0)
-stamp "encoder adaptation ($ADAPT_STEPS steps), features, export"
-"${adapt[@]}" --stages train,features,export --steps "$ADAPT_STEPS" --threads 2
+if [ -n "$ENCODER_FROM_MODEL" ]; then
+    # the adapted encoder of a model trained before (e.g. weights/reallm-default.safetensors): no adaptation,
+    # train.py's features stage encodes the data with it
+    adapted=$ENCODER_FROM_MODEL stages=features,tokenizer
+else
+    stamp "import Whisper base encoder"
+    [ -f "$ENCODER" ] || python scripts/import_whisper.py --model base --out "$ENCODER"
+    adapt=(python recipes/default/adapt_encoder.py --manifest "$DATA/train.jsonl" --work "$WORK"
+           --encoder "$ENCODER" --start "$START")
+    stamp "encoder cache (2 workers)"
+    "${adapt[@]}" --stages cache --worker 0 --workers 2 &
+    worker0=$!
+    "${adapt[@]}" --stages cache --worker 1 --workers 2
+    wait "$worker0"  # a failed worker stops the recipe (a bare `wait` would return 0)
+    stamp "encoder adaptation ($ADAPT_STEPS steps), features, export"
+    "${adapt[@]}" --stages train,features,export --steps "$ADAPT_STEPS" --threads 2
+    adapted=$WORK/encoder.safetensors stages=tokenizer
+fi
 stamp "tokenizers, CTC teacher, alignment, ReaLLM ($DECODER_INIT), export"
-python recipes/default/train.py --data "$DATA" --work "$WORK" --encoder "$WORK/encoder.safetensors" \
-    --stages tokenizer,teacher,align,retokenize,softlabels,reallm,export --teacher-steps "$TEACHER_STEPS" \
+python recipes/default/train.py --data "$DATA" --work "$WORK" --encoder "$adapted" \
+    --stages $stages,teacher,align,retokenize,softlabels,reallm,export --teacher-steps "$TEACHER_STEPS" \
     --decoder-init "$DECODER_INIT" --reallm-steps "$REALLM_STEPS" --reallm-lr "$REALLM_LR" --lm-steps 0 \
     --dropout "$DROPOUT" --feat-dropout "$DROPOUT" --emit-delay-chunks "$EMIT_DELAY" --slots-per-chunk "$SLOTS" \
     --kd-weight "$KD_WEIGHT" --projector-hidden "$PROJECTOR_HIDDEN" \

@@ -39,7 +39,7 @@ import torch
 
 from reallm_cli.align.ctc import AlignmentError, ctc_forced_align
 from reallm_cli.align.retokenize import byte_level_bytes, sentencepiece_bytes, transfer_chunks
-from reallm_cli.model.checkpoint import load_model, save_model
+from reallm_cli.model.checkpoint import is_model_file, load_model, save_model
 from reallm_cli.model.decoder import DecoderConfig, LlamaDecoder
 from reallm_cli.model.reallm import ReaLLM, ReaLLMConfig
 from reallm_cli.model.whisper_encoder import load_whisper_encoder
@@ -76,7 +76,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("/work/data"))
     ap.add_argument("--work", type=Path, default=Path("/work/runs/default"))
-    ap.add_argument("--encoder", type=Path, default=Path("/work/cache/whisper-base-encoder.safetensors"))
+    ap.add_argument("--encoder", type=Path, default=Path("/work/cache/whisper-base-encoder.safetensors"),
+                    help="an imported (scripts/import_whisper.py) or adapted (adapt_encoder.py) encoder file, or a "
+                         "reallm model file whose encoder to reuse (its chunk and look-ahead then win)")
     ap.add_argument("--out", type=Path, default=Path("weights/reallm-default.safetensors"))
     ap.add_argument("--chunk-ms", type=int, default=240)
     ap.add_argument("--lookahead-ms", type=int, default=240)
@@ -142,6 +144,13 @@ def main() -> None:
         encoder = init_model.encoder
         args.chunk_ms, args.lookahead_ms = encoder.config.chunk_ms, encoder.config.lookahead_ms
         log(f"fine-tuning {args.init_model}: its encoder, tokenizer ({init_tok.vocab_size} tokens) and config")
+    elif is_model_file(args.encoder):  # a trained model's (adapted) encoder, streaming as in that model
+        source = load_model(args.encoder)[0]
+        if source.config.encoder_kind != "whisper":
+            sys.exit(f"--encoder {args.encoder}: not a Whisper-encoder model")
+        encoder = source.encoder
+        args.chunk_ms, args.lookahead_ms = encoder.config.chunk_ms, encoder.config.lookahead_ms
+        log(f"the encoder of {args.encoder}: chunk {args.chunk_ms} ms, look-ahead {args.lookahead_ms} ms")
     else:
         encoder = load_whisper_encoder(args.encoder, chunk_ms=args.chunk_ms, lookahead_ms=args.lookahead_ms)
     encoder.eval()

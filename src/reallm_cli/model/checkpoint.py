@@ -87,6 +87,15 @@ def read_metadata(path: str | Path) -> dict:
     return meta
 
 
+def is_model_file(path: str | Path) -> bool:
+    """Whether ``path`` is a reallm model file (rather than another safetensors file, or nothing)."""
+    try:
+        read_metadata(path)
+    except ModelError:
+        return False
+    return True
+
+
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[ReaLLM, Tokenizer]:
     """Rebuild model and tokenizer from one file; weights are cast to ``dtype`` (fp32 runs fastest on CPU)."""
     meta = read_metadata(path)
