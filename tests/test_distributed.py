@@ -10,6 +10,7 @@ from reallm_cli.train.distributed import (
     DistributedError,
     all_reduce_mean,
     broadcast_object,
+    cleanup,
     init_distributed,
     wrap_model,
 )
@@ -45,7 +46,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     run_name = broadcast_object(f"run-from-rank-{rank}", info)
     torch.save({"params": [p.detach().clone() for p in model.module.parameters()], "losses": losses,
                 "run_name": run_name}, f"{out_dir}/rank{rank}.pt")
-    torch.distributed.destroy_process_group()
+    cleanup(info)
 
 
 def test_two_cpu_processes_keep_identical_parameters(tmp_path):
