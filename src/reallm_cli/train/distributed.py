@@ -144,5 +144,5 @@ def cleanup(info: DistInfo) -> None:
     collective (a broadcast it already sent) can make the other abort with SIGABRT; this was seen once
     in a full test run with gloo."""
     if info.enabled and dist.is_initialized():
-        dist.barrier()
+        barrier(info)
         dist.destroy_process_group()
