@@ -9,6 +9,7 @@ moved by the training.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -48,15 +49,30 @@ def test_init_model_fine_tunes_the_shipped_model(tmp_path):
 
     data = make_data(tmp_path / "data", SENTENCES * 2, ("espeak-us", "espeak-gb"))
     base = resolve_model(None)
-    out = tmp_path / "tuned.safetensors"
-    r = subprocess.run(
-        [sys.executable, str(REPO / "recipes" / "default" / "train.py"), "--data", str(data), "--work",
-         str(tmp_path / "work"), "--init-model", str(base), "--out", str(out), "--vocab", "300",
-         "--stages", "features,tokenizer,teacher,align,retokenize,reallm,export", "--teacher-steps", "4",
-         "--reallm-steps", "3", "--reallm-warmup", "1", "--max-frames", "600", "--reallm-lr", "1e-3", "--dropout", "0.1"],
-        capture_output=True, text=True, timeout=900)
+    work, out = tmp_path / "work", tmp_path / "tuned.safetensors"
+    cmd = [sys.executable, str(REPO / "recipes" / "default" / "train.py"), "--data", str(data), "--work",
+           str(work), "--init-model", str(base), "--out", str(out), "--vocab", "300", "--teacher-steps", "4",
+           "--reallm-steps", "3", "--reallm-warmup", "1", "--max-frames", "600", "--reallm-lr", "1e-3", "--dropout", "0.1"]
+    r = subprocess.run(cmd + ["--stages", "features,tokenizer,teacher,align,retokenize,reallm,export"],
+                       capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "fine-tuning" in r.stdout
+
+    # the same command again (as after a kill): the finished text stages are skipped, not redone ...
+    made = {p: p.stat().st_mtime_ns for p in (work / "tokenizer.model", work / "alignments.jsonl", work / "alignments_bpe.jsonl")}
+    again = cmd + ["--stages", "tokenizer,teacher,align,retokenize"]
+    r = subprocess.run(again, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    for stage in ("tokenizer", "align", "retokenize"):
+        assert f"== {stage}: up to date" in r.stdout
+    assert all(p.stat().st_mtime_ns == t for p, t in made.items())
+    # ... until what they were made from changes: a newer teacher means new alignments
+    os.utime(work / "teacher.pt")
+    r = subprocess.run(again, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "== tokenizer: up to date" in r.stdout and "alignment report" in r.stdout
+    assert "retokenized alignments" in r.stdout
+    assert not list(work.glob("*.partial"))
 
     before, tok_before = load_model(base)
     after, tok_after = load_model(out)

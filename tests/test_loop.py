@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn as nn
@@ -58,6 +60,24 @@ def test_killed_run_resumes_exactly(tmp_path):
         assert torch.equal(a, b)
     # And training did something: the weights left their initial values.
     assert not torch.equal(straight[0].weight, _model()[0].weight)
+
+
+def test_a_finished_run_leaves_its_checkpoint_alone(tmp_path):
+    """Rerunning a finished stage takes no step and does not rewrite the checkpoint, whose time stamp tells
+    the recipe's later stages (the alignment after the teacher) whether they are up to date."""
+    ckpt = tmp_path / "a.ckpt"
+    model = _model()
+    run_loop(model, _loss_fn(model), _epoch_batches, lambda b: b, CFG, ckpt, log=lambda m: None)
+    stamp = ckpt.stat().st_mtime_ns
+    again = _model()
+    out = run_loop(again, _loss_fn(again), _epoch_batches, lambda b: b, CFG, ckpt, log=lambda m: None)
+    assert out["steps"] == 12 and ckpt.stat().st_mtime_ns == stamp
+    assert torch.equal(again[0].weight, model[0].weight)  # the trained weights were loaded
+    # given more steps, it trains on and saves
+    more = _model()
+    out = run_loop(more, _loss_fn(more), _epoch_batches, lambda b: b, replace(CFG, total_steps=14), ckpt,
+                   log=lambda m: None)
+    assert out["steps"] == 14 and load_loop_checkpoint(ckpt)["step"] == 14
 
 
 def test_checkpoint_holds_what_a_run_needs(tmp_path):

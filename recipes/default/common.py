@@ -23,3 +23,11 @@ def start_run(args: argparse.Namespace) -> tuple[set[str], Path]:
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     return set(args.stages.split(",")), args.work
+
+
+def up_to_date(made: tuple[Path, ...], sources: tuple[Path, ...]) -> bool:
+    """True if every file in ``made`` exists and none of the ``sources`` that exist is newer than the oldest."""
+    if not made or not all(p.exists() for p in made):
+        return False
+    oldest = min(p.stat().st_mtime_ns for p in made)
+    return all(p.stat().st_mtime_ns <= oldest for p in sources if p.exists())

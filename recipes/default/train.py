@@ -54,7 +54,7 @@ from reallm_cli.train.loop import LoopConfig, run_loop
 from reallm_cli.train.reallm_loss import reallm_loss
 from reallm_cli.train.text_lm import text_batches, text_lm_loss
 
-from common import log, read_jsonl, start_run  # recipes/default/common.py
+from common import log, read_jsonl, start_run, up_to_date  # recipes/default/common.py
 from make_data import PLAN_SEED, read_lj, short_texts, split_lj  # recipes/default/make_data.py
 
 
@@ -127,8 +127,13 @@ def main() -> None:
     stages, work = start_run(args)
     t_stage: dict[str, float] = json.loads((work / "times.json").read_text()) if (work / "times.json").exists() else {}
 
-    def timed(name, fn):
+    def timed(name, fn, made=(), sources=()):
+        """Run stage ``name`` if asked for, unless every file it ``made`` is newer than all its ``sources``
+        (a rerun after a kill then skips it; a retrained teacher or tokenizer makes it run again)."""
         if name not in stages:
+            return
+        if up_to_date(made, sources):
+            log(f"== {name}: up to date ({', '.join(p.name for p in made)}), skipped")
             return
         t0 = time.perf_counter()
         log(f"== {name}")
@@ -185,7 +190,8 @@ def main() -> None:
             tokenizer_json = (find_installed_whisper("tiny.en")[0].parent / "tokenizer.json").read_text()
             bpe_path.write_bytes(whisper_bpe_subset(tokenizer_json, texts).model_proto)
 
-    timed("tokenizer", tokenizer)
+    train_manifest = args.data / "train.jsonl"
+    timed("tokenizer", tokenizer, made=(tok_path, bpe_path) if pretrained else (tok_path,), sources=(train_manifest,))
     tok = Tokenizer.load(tok_path)
     blank = tok.blank
     token_lists = [tok.encode(u.text) for u in train_store.items]
@@ -245,7 +251,8 @@ def main() -> None:
 
     def align():
         n_fail, delays = 0, []
-        with open(align_path, "w") as f, torch.inference_mode():
+        partial = align_path.with_suffix(".partial")
+        with open(partial, "w") as f, torch.inference_mode():
             for i in keep:
                 fr = torch.from_numpy(train_store.frames(i).astype("float32"))[None]
                 logp = head(fr)[0]
@@ -257,12 +264,14 @@ def main() -> None:
                 chunks = [min(int(fi) // frames_per_chunk, (fr.shape[1] - 1) // frames_per_chunk) for fi in res.token_frames]
                 f.write(json.dumps({"i": i, "id": train_store.items[i].id, "chunks": chunks}) + "\n")
                 delays.extend((c + 1) * frames_per_chunk - fi for c, fi in zip(chunks, res.token_frames))
+        partial.replace(align_path)
         report = {"utterances": len(keep), "failed": n_fail, "failed_share": n_fail / max(1, len(keep)),
                   "mean_wait_to_chunk_end_ms": float(sum(delays) / max(1, len(delays))) * encoder.frame_ms}
         (work / "align_report.json").write_text(json.dumps(report, indent=1))
         log(f"alignment report: {report}")
 
-    timed("align", align)
+    align_report = work / "align_report.json"  # written last: its presence means the alignments are whole
+    timed("align", align, made=(align_path, align_report), sources=(work / "teacher.pt", tok_path, train_manifest))
     # The decoder's tokenizer: the teacher's SentencePiece, or Whisper's BPE with the alignment moved onto it.
     dec_tok, dec_align_path, dec_token_lists = tok, align_path, token_lists
     if pretrained:
@@ -271,7 +280,8 @@ def main() -> None:
 
     def retokenize():
         n_fail = 0
-        with open(dec_align_path, "w") as f:
+        partial = dec_align_path.with_suffix(".partial")
+        with open(partial, "w") as f:
             for r in map(json.loads, align_path.read_text().splitlines()):
                 src = sentencepiece_bytes([tok.piece(t) for t in token_lists[r["i"]]])
                 dst = byte_level_bytes([dec_tok.piece(t) for t in dec_token_lists[r["i"]]])
@@ -281,10 +291,11 @@ def main() -> None:
                     n_fail += 1
                     continue
                 f.write(json.dumps({"i": r["i"], "id": r["id"], "chunks": chunks}) + "\n")
+        partial.replace(dec_align_path)
         log(f"retokenized alignments: {n_fail} utterances whose tokenizations disagree were dropped")
 
     if pretrained:
-        timed("retokenize", retokenize)
+        timed("retokenize", retokenize, made=(dec_align_path,), sources=(align_path, bpe_path))
     soft_dir = work / f"softlabels_k{args.kd_top_k}"
 
     def softlabels():

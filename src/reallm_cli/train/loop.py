@@ -210,6 +210,7 @@ def run_loop(
     win_t0 = t0
     it = batches_from(epoch, batch_idx)
     empty_epochs = 0
+    start_step = step
     try:
         while step < cfg.total_steps:
             batch = next(it, None)
@@ -259,7 +260,8 @@ def run_loop(
             if info.is_main and timer.due():
                 save()
                 timer.reset()
-        save()
+        if step > start_step or not checkpoint.exists():  # a finished checkpoint keeps its time stamp
+            save()
     finally:
         if bar is not None:
             bar.close()
