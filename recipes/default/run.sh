@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The default model's whole recipe, one stage after another (5.5-6 h on 2 CPU cores, from the stage times):
+# The default model's whole recipe, one stage after another (~7 h on 2 CPU cores, from the stage times):
 #   nohup recipes/default/run.sh [DATA] [WORK] > run.log 2>&1 &
 # Every stage skips what it already finished, so after a kill the same command resumes.
 # The model lands in WORK/model.safetensors; recipes/default/evaluate.sh measures it.
@@ -14,8 +14,8 @@ EMIT_DELAY=${EMIT_DELAY:-1}  # chunks the decoder waits before writing a word: 0
 DECODER_INIT=${DECODER_INIT:-whisper-tiny.en}  # or "none": a decoder trained from nothing (SentencePiece 512)
 SLOTS=${SLOTS:-3}  # speech embeddings per 240 ms chunk (the paper: 1)
 WORDNET_HOURS=${WORDNET_HOURS:-32}  # hours of WordNet usage examples on top (32: all of them; apt-get install wordnet-base)
-CHAT_HOURS=${CHAT_HOURS:-0}  # hours of chatterbot-corpus conversations on top (about 2.7 h is all of them)
-PROJECTOR_HIDDEN=${PROJECTOR_HIDDEN:-0}  # >0: a GELU layer of this width in the projector (0: linear, the paper's)
+CHAT_HOURS=${CHAT_HOURS:-3}  # hours of chatterbot-corpus conversations on top (about 2.7 h is all of them)
+PROJECTOR_HIDDEN=${PROJECTOR_HIDDEN:-1536}  # >0: a GELU layer of this width in the projector (0: linear, the paper's)
 KD_WEIGHT=${KD_WEIGHT:-0}  # >0: each piece's target mixes in offline Whisper tiny.en's distribution (softlabels stage)
 ENCODER_FROM_MODEL=${ENCODER_FROM_MODEL:-}  # a model file whose adapted encoder to reuse (skips import and adaptation)
 BF16=${BF16:-0}  # 1: bf16 autocast in training (1.7x faster ReaLLM steps on CPUs with AVX512-BF16 or AMX)
