@@ -59,7 +59,8 @@ def test_init_model_fine_tunes_the_shipped_model(tmp_path):
     assert "fine-tuning" in r.stdout
 
     # the same command again (as after a kill): the finished text stages are skipped, not redone ...
-    made = {p: p.stat().st_mtime_ns for p in (work / "tokenizer.model", work / "alignments.jsonl", work / "alignments_bpe.jsonl")}
+    outputs = (work / "tokenizer.model", work / "alignments.jsonl", work / "alignments_bpe.jsonl")
+    made = {p: p.stat().st_mtime_ns for p in outputs}
     again = cmd + ["--stages", "tokenizer,teacher,align,retokenize"]
     r = subprocess.run(again, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

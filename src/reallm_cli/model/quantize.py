@@ -96,8 +96,9 @@ class PackedLinear(nn.Module):
     Where oneDNN is available the weight is kept only pre-packed, in oneDNN's blocked layout (what
     PyTorch's own compiler does for CPU inference). A plain ``F.linear`` re-reads the weight in its
     stored layout on every call, which for the one to twelve rows of a streaming step costs more than
-    the arithmetic: measured here on 2 cores, a step of a 17,896-token output head (the default model's until 2026-12-03) took 3.8 ms in
-    float32 and 0.65 ms in bfloat16 through ``F.linear``, 0.75 and 0.15 ms packed. In bfloat16 the
+    the arithmetic: measured here on 2 cores, a step of a 17,896-token output head (the default
+    model's until 2026-12-03) took 3.8 ms in float32 and 0.65 ms in bfloat16 through ``F.linear``,
+    0.75 and 0.15 ms packed. In bfloat16 the
     packed product is bit-identical; in float32 only the order of the additions differs. Without
     oneDNN the dense weight is kept and multiplied with ``F.linear``."""
 
