@@ -109,3 +109,26 @@ def test_jfk_within_two_word_errors(real_speech):
     ref, hyp = real_speech["jfk"]
     errors = jiwer.process_words(ref, hyp or "-")
     assert errors.substitutions + errors.deletions + errors.insertions <= 2
+
+
+def test_a_wider_lookahead_at_load_still_recognises_real_speech():
+    """--lookahead-ms 480: the same weights, the first two encoder blocks see two chunks ahead (model card:
+    fewer errors on dev-real for 0.24 s more delay)."""
+    from reallm_cli.engine import Recognizer
+
+    rec = Recognizer.load(None, lookahead_ms=480)
+    assert rec.model.encoder.lookahead_ms == 480
+    assert Recognizer.load(None).model.encoder.lookahead_ms == 240
+    refs, hyps = zip(*dev_real_sentences(options=("--lookahead-ms", "480")).values())
+    wer = jiwer.wer(list(refs), [h or "-" for h in hyps])
+    assert wer < 0.3, (wer, hyps)  # measured when added: 0.161 (fp16)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["transcribe", str(REPO / "README.md"), "--lookahead-ms", "250"], "multiple of chunk_ms 240"),
+    (["bench", "--preset", "small", "--lookahead-ms", "480"], "not to --preset"),
+])
+def test_a_lookahead_that_does_not_fit_is_one_line_and_an_error(args, message):
+    r = subprocess.run([sys.executable, "-m", "reallm_cli", *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert r.stderr.strip().count("\n") == 0 and message in r.stderr and "Traceback" not in r.stderr, r.stderr

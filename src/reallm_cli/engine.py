@@ -251,15 +251,17 @@ class Recognizer:
                                                 emit_delay_chunks=cfg.emit_delay_chunks)
 
     @classmethod
-    def load(cls, model: str | Path | None = None, precision: str = "auto", **option_overrides) -> "Recognizer":
+    def load(cls, model: str | Path | None = None, precision: str = "auto", lookahead_ms: int | None = None,
+             **option_overrides) -> "Recognizer":
         """Load by registry name, path, or None for the embedded default model; ``precision`` is auto, fp32,
-        bf16, fp16 or int8 (the linear layers converted on load, see ``model.quantize``)."""
+        bf16, fp16 or int8 (the linear layers converted on load, see ``model.quantize``); ``lookahead_ms``
+        replaces a Whisper encoder's look-ahead (None: the model's own)."""
         from reallm_cli.model.checkpoint import load_model
         from reallm_cli.model.quantize import apply_precision, resolve_precision
         from reallm_cli.weights import resolve_model
 
         precision = resolve_precision(precision)
-        m, tok = load_model(resolve_model(model))
+        m, tok = load_model(resolve_model(model), lookahead_ms=lookahead_ms)
         apply_precision(m, precision)
         rec = cls(m, tok, precision=precision)
         if option_overrides:

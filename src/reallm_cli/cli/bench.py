@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from reallm_cli.cli.options import Precision
+from reallm_cli.cli.options import LookaheadMs, Precision
 from reallm_cli.errors import ReallmError
 
 
@@ -17,6 +17,7 @@ def bench_command(
     chunk_ms: Annotated[int, typer.Option("--chunk-ms", help="Chunk length in ms (a multiple of the encoder frame: 40 ms for presets, 20 ms for Whisper models).", min=40, max=4000)] = 240,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name or path (default: the embedded model).", show_default=False)] = None,
     precision: Precision = "auto",
+    lookahead_ms: LookaheadMs = None,
     preset: Annotated[Optional[str], typer.Option("--preset", help="Measure a randomly initialised preset instead: paper-80m or small.", show_default=False)] = None,
     file: Annotated[Optional[str], typer.Option("--file", help="Audio file to stream (default: synthetic audio with no words, so the decoder is nearly idle: pass speech for a realistic figure).", show_default=False)] = None,
     duration_s: Annotated[float, typer.Option("--duration", help="Seconds of audio to stream (synthetic audio, or the file's first seconds).", min=1, max=36000)] = 60.0,
@@ -33,6 +34,8 @@ def bench_command(
 
     if model and preset:
         raise ReallmError("give --model or --preset, not both")
+    if preset and lookahead_ms is not None:
+        raise ReallmError("--lookahead-ms applies to a trained Whisper-encoder model, not to --preset")
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     if preset:
@@ -51,7 +54,7 @@ def bench_command(
         recognizer = Recognizer(apply_precision(build_model(config).eval(), precision), tok, precision=precision)
         name = f"{preset} (random weights)"
     else:
-        recognizer = Recognizer.load(model, precision=precision)
+        recognizer = Recognizer.load(model, precision=precision, lookahead_ms=lookahead_ms)
         name = model or "default"
         if recognizer.model.chunk_ms != chunk_ms:
             raise ReallmError(f"model {name} was trained for {recognizer.model.chunk_ms} ms chunks, not {chunk_ms}; "

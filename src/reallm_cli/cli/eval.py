@@ -7,13 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from reallm_cli.cli.options import Precision
+from reallm_cli.cli.options import LookaheadMs, Precision
 
 
 def eval_command(
     manifest: Annotated[Path, typer.Argument(help="JSON Lines manifest: audio, text (duration optional).", show_default=False)],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name or path (default: the embedded model).", show_default=False)] = None,
     precision: Precision = "auto",
+    lookahead_ms: LookaheadMs = None,
     group_by: Annotated[str, typer.Option("--group-by", help="WER per group: dir (first folder of the audio path), id, or none.")] = "dir",
     alignments: Annotated[Optional[Path], typer.Option("--alignments", help="Reference word times (JSONL id, words[word, end_s]) for emission delay.", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--json", help="Write the full report (with every hypothesis) here.", show_default=False)] = None,
@@ -35,7 +36,7 @@ def eval_command(
     if alignments is not None and not alignments.is_file():
         raise ReallmError(f"alignment file not found: {alignments}")
     torch.set_num_threads(threads)
-    recognizer = Recognizer.load(model, precision=precision)
+    recognizer = Recognizer.load(model, precision=precision, lookahead_ms=lookahead_ms)
     err = Console(stderr=True)
     with err.status("evaluating") as status:
         report = evaluate(recognizer, manifest, model or "default", group_by, alignments, limit,

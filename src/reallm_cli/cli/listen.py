@@ -27,7 +27,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from reallm_cli.cli.options import Precision
+from reallm_cli.cli.options import LookaheadMs, Precision
 from reallm_cli.errors import ReallmError
 
 # Test hook: "module:attribute" naming a class with the Recognizer API (``load(model)``, ``session()``),
@@ -35,16 +35,17 @@ from reallm_cli.errors import ReallmError
 TEST_RECOGNIZER_ENV = "REALLM_TEST_RECOGNIZER"
 
 
-def load_recognizer(model: str | None, precision: str = "auto"):
+def load_recognizer(model: str | None, precision: str = "auto", lookahead_ms: int | None = None):
     """The real recogniser, or the test double named by $REALLM_TEST_RECOGNIZER."""
+    extra = {} if lookahead_ms is None else {"lookahead_ms": lookahead_ms}
     spec = os.environ.get(TEST_RECOGNIZER_ENV)
     if spec:
         module_name, _, attr = spec.partition(":")
         cls = getattr(importlib.import_module(module_name), attr or "Recognizer")
-        return cls.load(model, precision=precision)
+        return cls.load(model, precision=precision, **extra)
     from reallm_cli.engine import Recognizer
 
-    return Recognizer.load(model, precision=precision)
+    return Recognizer.load(model, precision=precision, **extra)
 
 
 def print_devices() -> None:
@@ -67,6 +68,7 @@ def print_devices() -> None:
 def listen_command(
     model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="NAME|FILE", help="Model name (see `reallm models`) or file; default: the embedded model.", show_default=False)] = None,
     precision: Precision = "auto",
+    lookahead_ms: LookaheadMs = None,
     device: Annotated[Optional[str], typer.Option("--device", "-d", metavar="NAME|INDEX", help="Input device: index or (part of) its name; default: the system default.", show_default=False)] = None,
     list_devices: Annotated[bool, typer.Option("--list-devices", help="List input devices and exit.")] = False,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE", help="Also write the transcript here as it is recognised (txt, srt, vtt, json, jsonl).", show_default=False)] = None,
@@ -91,11 +93,11 @@ def listen_command(
         resolve_format(output, fmt)  # a bad format fails before the model loads
     elif fmt is not None:
         raise ReallmError("--format applies to --output; give --output FILE")
-    run_listen(model=model, precision=precision, device=device, output=output, fmt=fmt, append=append, duration_s=duration,
+    run_listen(model=model, precision=precision, lookahead_ms=lookahead_ms, device=device, output=output, fmt=fmt, append=append, duration_s=duration,
                quiet=quiet, open_writer=open_stream_writer)
 
 
-def run_listen(*, model, precision="auto", device, output, fmt, append, duration_s, quiet, open_writer) -> None:
+def run_listen(*, model, precision="auto", lookahead_ms=None, device, output, fmt, append, duration_s, quiet, open_writer) -> None:
     from rich.console import Console
     from rich.live import Live
 
@@ -110,9 +112,9 @@ def run_listen(*, model, precision="auto", device, output, fmt, append, duration
     find_input_device(device)  # a wrong --device fails before the (slow) model load
     if show_view:
         with err.status("loading model…"):
-            recognizer = load_recognizer(model, precision)
+            recognizer = load_recognizer(model, precision, lookahead_ms)
     else:
-        recognizer = load_recognizer(model, precision)
+        recognizer = load_recognizer(model, precision, lookahead_ms)
     session = recognizer.session()
 
     sinks = [StdoutLines()]

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from reallm_cli.cli.options import Precision
+from reallm_cli.cli.options import LookaheadMs, Precision
 from reallm_cli.errors import ReallmError
 
 
@@ -17,6 +17,7 @@ def transcribe_command(
     files: Annotated[list[str], typer.Argument(help="Audio files (wav, flac, ogg, mp3; any rate), or - for a WAV on stdin.", show_default=False)],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name or path (default: the embedded model).", show_default=False)] = None,
     precision: Precision = "auto",
+    lookahead_ms: LookaheadMs = None,
     fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="txt, srt, vtt, json or jsonl.", show_default=False)] = None,
     output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Write <name>.<format> files here (atomically) instead of stdout.", show_default=False)] = None,
     block_s: Annotated[float, typer.Option("--block-s", help="Seconds of audio pushed per step; any value gives the same words.", min=0.01, max=600)] = 8.0,
@@ -44,7 +45,7 @@ def transcribe_command(
             raise ReallmError(f"output folder is not writable: {output_dir}")
     if files.count("-") > 1:
         raise ReallmError("stdin (-) can be read only once")
-    recognizer = Recognizer.load(model, precision=precision)
+    recognizer = Recognizer.load(model, precision=precision, lookahead_ms=lookahead_ms)
     err = Console(stderr=True)
     failures = 0
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from reallm_cli.errors import ModelError
 from reallm_cli.model.reallm import ReaLLM, ReaLLMConfig
+from reallm_cli.model.whisper_encoder import WhisperConfigError
 from reallm_cli.tokenizer import Tokenizer, tokenizer_from_bytes
 
 FORMAT = "reallm-model/1"
@@ -96,15 +97,28 @@ def is_model_file(path: str | Path) -> bool:
     return True
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[ReaLLM, Tokenizer]:
-    """Rebuild model and tokenizer from one file; weights are cast to ``dtype`` (fp32 runs fastest on CPU)."""
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32,
+               lookahead_ms: int | None = None) -> tuple[ReaLLM, Tokenizer]:
+    """Rebuild model and tokenizer from one file; weights are cast to ``dtype`` (fp32 runs fastest on CPU).
+    ``lookahead_ms`` replaces a Whisper encoder's look-ahead (a multiple of its chunk): the same weights
+    then see more (or less) audio ahead of each chunk, a trade of latency for accuracy (model card)."""
     meta = read_metadata(path)
     try:
-        config = ReaLLMConfig.from_dict(json.loads(meta["config"]))
+        raw = json.loads(meta["config"])
+        if lookahead_ms is not None:
+            if raw.get("encoder_kind") != "whisper":
+                raise ModelError(f"{path}: the look-ahead can be changed only for a Whisper-encoder model")
+            raw["encoder"]["lookahead_ms"] = lookahead_ms
+        config = ReaLLMConfig.from_dict(raw)
         tokenizer = tokenizer_from_bytes(base64.b64decode(meta["tokenizer"]))
     except (KeyError, ValueError, TypeError) as exc:
         raise ModelError(f"corrupt reallm model file {path}: {exc}") from exc
-    model = build_model(config)
+    try:
+        model = build_model(config)
+    except WhisperConfigError as exc:
+        if lookahead_ms is None:
+            raise
+        raise ModelError(f"look-ahead {lookahead_ms} ms does not fit {path}: {exc}") from None
     try:
         state = load_file(str(path))
         model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()})
