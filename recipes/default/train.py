@@ -53,6 +53,7 @@ from reallm_cli.train.feature_cache import FeatureStore, build_cache
 from reallm_cli.train.loop import LoopConfig, run_loop
 from reallm_cli.train.reallm_loss import reallm_loss
 from reallm_cli.train.text_lm import text_batches, text_lm_loss
+from reallm_cli.writers import atomic_write_text
 
 from common import log, read_jsonl, start_run, up_to_date  # recipes/default/common.py
 from make_data import PLAN_SEED, read_lj, short_texts, split_lj  # recipes/default/make_data.py
@@ -250,9 +251,8 @@ def main() -> None:
     align_path = work / "alignments.jsonl"
 
     def align():
-        n_fail, delays = 0, []
-        partial = align_path.with_suffix(".partial")
-        with open(partial, "w") as f, torch.inference_mode():
+        n_fail, delays, lines = 0, [], []
+        with torch.inference_mode():
             for i in keep:
                 fr = torch.from_numpy(train_store.frames(i).astype("float32"))[None]
                 logp = head(fr)[0]
@@ -262,9 +262,9 @@ def main() -> None:
                     n_fail += 1
                     continue
                 chunks = [min(int(fi) // frames_per_chunk, (fr.shape[1] - 1) // frames_per_chunk) for fi in res.token_frames]
-                f.write(json.dumps({"i": i, "id": train_store.items[i].id, "chunks": chunks}) + "\n")
+                lines.append(json.dumps({"i": i, "id": train_store.items[i].id, "chunks": chunks}) + "\n")
                 delays.extend((c + 1) * frames_per_chunk - fi for c, fi in zip(chunks, res.token_frames))
-        partial.replace(align_path)
+        atomic_write_text(align_path, "".join(lines))
         report = {"utterances": len(keep), "failed": n_fail, "failed_share": n_fail / max(1, len(keep)),
                   "mean_wait_to_chunk_end_ms": float(sum(delays) / max(1, len(delays))) * encoder.frame_ms}
         (work / "align_report.json").write_text(json.dumps(report, indent=1))
@@ -279,19 +279,17 @@ def main() -> None:
         dec_token_lists = [dec_tok.encode(u.text) for u in train_store.items]
 
     def retokenize():
-        n_fail = 0
-        partial = dec_align_path.with_suffix(".partial")
-        with open(partial, "w") as f:
-            for r in map(json.loads, align_path.read_text().splitlines()):
-                src = sentencepiece_bytes([tok.piece(t) for t in token_lists[r["i"]]])
-                dst = byte_level_bytes([dec_tok.piece(t) for t in dec_token_lists[r["i"]]])
-                try:
-                    chunks = transfer_chunks(src, r["chunks"], dst)
-                except ValueError:
-                    n_fail += 1
-                    continue
-                f.write(json.dumps({"i": r["i"], "id": r["id"], "chunks": chunks}) + "\n")
-        partial.replace(dec_align_path)
+        n_fail, lines = 0, []
+        for r in map(json.loads, align_path.read_text().splitlines()):
+            src = sentencepiece_bytes([tok.piece(t) for t in token_lists[r["i"]]])
+            dst = byte_level_bytes([dec_tok.piece(t) for t in dec_token_lists[r["i"]]])
+            try:
+                chunks = transfer_chunks(src, r["chunks"], dst)
+            except ValueError:
+                n_fail += 1
+                continue
+            lines.append(json.dumps({"i": r["i"], "id": r["id"], "chunks": chunks}) + "\n")
+        atomic_write_text(dec_align_path, "".join(lines))
         log(f"retokenized alignments: {n_fail} utterances whose tokenizations disagree were dropped")
 
     if pretrained:

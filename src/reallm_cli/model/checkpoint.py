@@ -17,7 +17,6 @@ from safetensors.torch import load_file, save_file
 
 from reallm_cli.errors import ModelError
 from reallm_cli.model.reallm import ReaLLM, ReaLLMConfig
-from reallm_cli.model.whisper_encoder import WhisperConfigError
 from reallm_cli.tokenizer import Tokenizer, tokenizer_from_bytes
 
 FORMAT = "reallm-model/1"
@@ -113,12 +112,7 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32,
         tokenizer = tokenizer_from_bytes(base64.b64decode(meta["tokenizer"]))
     except (KeyError, ValueError, TypeError) as exc:
         raise ModelError(f"corrupt reallm model file {path}: {exc}") from exc
-    try:
-        model = build_model(config)
-    except WhisperConfigError as exc:
-        if lookahead_ms is None:
-            raise
-        raise ModelError(f"look-ahead {lookahead_ms} ms does not fit {path}: {exc}") from None
+    model = build_model(config)  # a look-ahead that does not fit the encoder is a one-line WhisperConfigError
     try:
         state = load_file(str(path))
         model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()})
