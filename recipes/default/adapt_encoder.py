@@ -11,17 +11,24 @@ Stages (each resumable; finished shards and checkpoints are kept):
     python recipes/default/adapt_encoder.py --stages cache --worker 1 --workers 2 &
     python recipes/default/adapt_encoder.py --stages train,features,export
 then train.py --work WORK --encoder WORK/encoder.safetensors --stages tokenizer,teacher,align,reallm,export
+
+--encoder may also be a reallm model file: its (adapted) encoder goes on adapting, towards the targets
+of that same encoder with its chunk mask lifted; swap_encoder.py then puts the result under the model's
+decoder.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import sys
 from pathlib import Path
 
 import torch
 
 from reallm_cli.audio.source import load_audio
-from reallm_cli.model.whisper_encoder import load_whisper_encoder, save_whisper_encoder
+from reallm_cli.model.checkpoint import is_model_file, load_model
+from reallm_cli.model.whisper_encoder import WhisperStreamingEncoder, load_whisper_encoder, save_whisper_encoder
 from reallm_cli.train.batching import DurationBatchSampler
 from reallm_cli.train.encoder_adapt import (distill_loss, encode_full_attention, encode_hidden, make_distill_batch,
                                             relative_error, rerun_top)
@@ -41,11 +48,25 @@ def distill_subset(entries: list[dict], hours: float) -> list[dict]:
     return real + synth[::step]
 
 
+def load_encoder(path: Path, chunk_ms: int, lookahead_ms: int) -> WhisperStreamingEncoder:
+    """A Whisper encoder file, or the encoder of a reallm model file, on this streaming schedule."""
+    if not is_model_file(path):
+        return load_whisper_encoder(path, chunk_ms=chunk_ms, lookahead_ms=lookahead_ms)
+    model = load_model(path)[0]
+    if model.config.encoder_kind != "whisper":
+        sys.exit(f"--encoder {path}: not a Whisper-encoder model")
+    enc = WhisperStreamingEncoder(dataclasses.replace(model.encoder.config, chunk_ms=chunk_ms,
+                                                      lookahead_ms=lookahead_ms))
+    enc.load_state_dict(model.encoder.state_dict())
+    return enc.eval()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--manifest", type=Path, default=Path("/work/data/train.jsonl"))
     ap.add_argument("--work", type=Path, default=Path("/work/runs/adapt"))
-    ap.add_argument("--encoder", type=Path, default=Path("/work/cache/whisper-base-encoder.safetensors"))
+    ap.add_argument("--encoder", type=Path, default=Path("/work/cache/whisper-base-encoder.safetensors"),
+                    help="a Whisper encoder file (scripts/import_whisper.py), or a reallm model file")
     ap.add_argument("--chunk-ms", type=int, default=240)
     ap.add_argument("--lookahead-ms", type=int, default=240)
     ap.add_argument("--start", type=int, default=2, help="first adapted block (0-based)")
@@ -61,7 +82,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     stages, work = start_run(args)
-    enc = load_whisper_encoder(args.encoder, chunk_ms=args.chunk_ms, lookahead_ms=args.lookahead_ms)
+    enc = load_encoder(args.encoder, args.chunk_ms, args.lookahead_ms)
     entries = read_jsonl(args.manifest)
     subset = distill_subset(entries, args.distill_hours)
     hid_dir, tgt_dir = work / f"hidden{args.start}", work / "full_attention"
