@@ -13,7 +13,8 @@ Stages (each resumable; finished shards and checkpoints are kept):
 then train.py --work WORK --encoder WORK/encoder.safetensors --stages tokenizer,teacher,align,reallm,export
 
 --encoder may also be a reallm model file: its (adapted) encoder goes on adapting, towards the targets
-of that same encoder with its chunk mask lifted; swap_encoder.py then puts the result under the model's
+of --target-encoder (default: that same encoder with its chunk mask lifted; the original Whisper encoder
+file gives the original's full-attention output); swap_encoder.py then puts the result under the model's
 decoder.
 """
 
@@ -67,6 +68,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/work/runs/adapt"))
     ap.add_argument("--encoder", type=Path, default=Path("/work/cache/whisper-base-encoder.safetensors"),
                     help="a Whisper encoder file (scripts/import_whisper.py), or a reallm model file")
+    ap.add_argument("--target-encoder", type=Path, default=None,
+                    help="whose full-attention output is the target (default: --encoder)")
     ap.add_argument("--chunk-ms", type=int, default=240)
     ap.add_argument("--lookahead-ms", type=int, default=240)
     ap.add_argument("--start", type=int, default=2, help="first adapted block (0-based)")
@@ -92,8 +95,10 @@ def main() -> None:
         log(f"distillation subset: {len(subset)} utterances, {sum(e['duration'] for e in subset) / 3600:.2f} h")
         build_cache(entries, enc, hid_dir, log=log, worker=args.worker, n_workers=args.workers,
                     encode=lambda a: encode_hidden(enc, a, args.start))
-        build_cache(subset, enc, tgt_dir, log=log, worker=args.worker, n_workers=args.workers,
-                    encode=lambda a: encode_full_attention(enc, a))
+        teacher = enc if args.target_encoder is None else load_encoder(args.target_encoder, args.chunk_ms,
+                                                                         args.lookahead_ms)
+        build_cache(subset, teacher, tgt_dir, log=log, worker=args.worker, n_workers=args.workers,
+                    encode=lambda a: encode_full_attention(teacher, a))
 
     train_start = args.start if args.train_start is None else args.train_start
     trainable = [enc.blocks[i] for i in range(train_start, enc.config.n_layers)] + [enc.ln_post]
