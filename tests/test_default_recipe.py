@@ -129,8 +129,8 @@ def test_adapting_a_models_encoder_further_and_swapping_it_in(tmp_path):
     recipe = REPO / "recipes" / "default"
     r = subprocess.run(
         [sys.executable, str(recipe / "adapt_encoder.py"), "--manifest", str(data / "train.jsonl"), "--work",
-         str(work), "--encoder", str(base), "--target-encoder", str(base), "--start", "1", "--distill-hours", "1", "--steps", "2",
-         "--lr", "1e-3", "--max-frames", "600", "--dev", str(tmp_path / "none.jsonl"),
+         str(work), "--encoder", str(base), "--target-encoder", str(base), "--start", "1", "--distill-hours", "1",
+         "--steps", "2", "--lr", "1e-3", "--max-frames", "600", "--dev", str(tmp_path / "none.jsonl"),
          "--stages", "cache,train,export"], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "4 distillation pairs" in r.stdout
