@@ -67,11 +67,12 @@ def place_reference(ref: list[str], words: list[tuple[list[int], list[int]]], to
     return pieces, chunks
 
 
-def sequence_nll(model, frames: torch.Tensor, pieces: list[int], chunks: list[int], blank: int) -> tuple[float, float]:
-    """Total negative log-probability of one interleaved sequence, and the share of its pieces that are the
-    decoder's own argmax (1.0 for greedy output scored the way the engine decoded it)."""
+def sequence_nll(model, frames: torch.Tensor, n_chunks: int, pieces: list[int], chunks: list[int],
+                 blank: int) -> tuple[float, float]:
+    """Total negative log-probability of one interleaved sequence over ``n_chunks`` chunks of ``frames``, and
+    the share of its pieces that are the decoder's own argmax (1.0 for greedy output scored the way the
+    engine decoded it)."""
     lengths = torch.tensor([frames.shape[0]])
-    n_chunks = int(model.chunk_lengths(lengths)[0])
     with torch.inference_mode():
         loss, stats = reallm_loss(model, frames[None], lengths, [pieces], [chunks], blank)
     return float(loss) * (n_chunks + len(pieces)), stats["piece_acc"]
@@ -112,16 +113,15 @@ def main() -> int:
         session = rec.session()
         session.push(audio)
         session.flush()
-        tokens = [(p, c + lead) for p, c in session.tokens]
-        words = output_words(tokens, tok)
         frames = encode_audio(model.encoder, np.concatenate([head, audio, tail])).float()
-        last_chunk = int(model.chunk_lengths(torch.tensor([frames.shape[0]]))[0]) - 1
-        hyp_pieces = [p for p, _ in tokens]
-        hyp_chunks = [min(c, last_chunk) for _, c in tokens]
+        n_chunks = int(model.chunk_lengths(torch.tensor([frames.shape[0]]))[0])
+        tokens = [(p, min(c + lead, n_chunks - 1)) for p, c in session.tokens]
+        words = output_words(tokens, tok)
         ref = normalize_text(e.text).split()
-        ref_pieces, ref_chunks = place_reference(ref, words, tok, last_chunk)
-        hyp_nll, agree = sequence_nll(model, frames, hyp_pieces, hyp_chunks, tok.blank)
-        ref_nll, _ = sequence_nll(model, frames, ref_pieces, [min(c, last_chunk) for c in ref_chunks], tok.blank)
+        ref_pieces, ref_chunks = place_reference(ref, words, tok, n_chunks - 1)
+        hyp_nll, agree = sequence_nll(model, frames, n_chunks, [p for p, _ in tokens], [c for _, c in tokens],
+                                      tok.blank)
+        ref_nll, _ = sequence_nll(model, frames, n_chunks, ref_pieces, ref_chunks, tok.blank)
         hyp_text = " ".join(tok.decode(p).strip() for p, _ in words)
         kind = "right" if hyp_text.split() == ref else "search" if ref_nll < hyp_nll else "model"
         counts[kind] += 1
