@@ -105,3 +105,40 @@ def test_averaged_model_file_holds_the_mean_of_the_weights(tmp_path):
     save_model(tmp_path / "c.safetensors", other, placeholder_tokenizer(32))
     with pytest.raises(ModelError, match="cannot be averaged"):
         average_models([tmp_path / "a.safetensors", tmp_path / "c.safetensors"], tmp_path / "x.safetensors")
+
+
+def whisper_model(vocab_size: int, **encoder_kw):
+    from dataclasses import asdict
+
+    from reallm_cli.model.checkpoint import build_model
+    from reallm_cli.model.decoder import DecoderConfig
+    from reallm_cli.model.whisper_encoder import WhisperEncoderConfig
+
+    torch.manual_seed(0)
+    enc = WhisperEncoderConfig(d_model=32, n_heads=4, n_layers=2, ffn_dim=64, **encoder_kw)
+    dec = DecoderConfig(vocab_size=vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, ffn_hidden=64, window=64)
+    return build_model(ReaLLMConfig(encoder_kind="whisper", encoder=asdict(enc), decoder=dec, lead_in_ms=480))
+
+
+def test_a_right_context_encoder_survives_the_model_file_and_its_lookahead_can_be_changed(tmp_path):
+    import numpy as np
+
+    from reallm_cli.engine import Recognizer
+
+    tok = placeholder_tokenizer(16)
+    save_model(tmp_path / "m.safetensors", whisper_model(tok.vocab_size, right_context_ms=720, hop_ms=480), tok)
+    loaded, _ = load_model(tmp_path / "m.safetensors")
+    cfg = loaded.encoder.config
+    assert (cfg.right_context_ms, cfg.hop_ms, cfg.lookahead_ms, loaded.encoder.lookahead_ms) == (720, 480, 0, 960)
+    wider, _ = load_model(tmp_path / "m.safetensors", lookahead_ms=960)
+    assert (wider.encoder.config.right_context_ms, wider.encoder.lookahead_ms) == (960, 1200)
+    causal, _ = load_model(tmp_path / "m.safetensors", lookahead_ms=0)
+    assert (causal.encoder.config.right_context_ms, causal.encoder.config.hop_ms, causal.encoder.lookahead_ms) == (0, 0, 0)
+    # the engine streams it: every chunk of a 3 s stream decoded, in blocks of any size
+    rec = Recognizer(loaded, tok)
+    s = rec.session()
+    audio = np.random.default_rng(0).standard_normal(48000).astype(np.float32) * 0.1
+    for i in range(0, 48000, 1234):
+        s.push(audio[i:i + 1234])
+    s.flush()
+    assert s.chunks_done - rec.options.lead_in_chunks == 13  # 12.5 chunks of audio + the tail chunk

@@ -279,3 +279,101 @@ def test_load_rejects_missing_and_foreign_files(tmp_path):
     junk.write_bytes(b"hello world, not safetensors")
     with pytest.raises(ModelError, match="safetensors"):
         load_whisper_encoder(junk)
+
+
+# ----------------------------------------------------------------------------------------- right-context mode
+
+
+def right_context_reference(model, mel: torch.Tensor) -> torch.Tensor:
+    """What right-context mode means, written plainly for one window: at step s every layer runs over hop s plus
+    its right context, attending to the keys kept from hops 0 .. s-1 and to those just computed."""
+    cfg = model.config
+    step, rc = cfg.step_ms // 20, cfg.right_context_ms // 20
+    with torch.no_grad():
+        x, _ = model.conv_stem(mel, torch.tensor([mel.shape[1]]))
+        x = x + model.positional_embedding[: x.shape[1]]
+        kept = [(x[:, :0], x[:, :0])] * cfg.n_layers  # per layer: normed inputs of finished frames
+        outs = []
+        for a in range(0, x.shape[1], step):
+            h_in = x[:, a:a + step + rc]
+            n = min(step, h_in.shape[1])
+            for layer, block in enumerate(model.blocks):
+                h = block.attn_ln(h_in)
+                keys_in = torch.cat([kept[layer][0], h], dim=1)
+                kept[layer] = (keys_in[:, : a + n], None)
+                k, v = block.attn.keys_values(keys_in)
+                h_in = block.finish(h_in, h, k, v, None)
+            outs.append(model.ln_post(h_in[:, :n]))
+    return torch.cat(outs, dim=1)
+
+
+@pytest.mark.parametrize("hop_chunks,rc_chunks", [(1, 1), (1, 3), (2, 3)])
+def test_right_context_mode_is_what_it_says(hop_chunks, rc_chunks):
+    model = small(right_context_ms=240 * rc_chunks, hop_ms=240 * hop_chunks)
+    mel = torch.randn(1, 333, 80)
+    with torch.no_grad():
+        got, _ = model(mel, torch.tensor([333]))
+    assert (got - right_context_reference(model, mel)).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("hop_chunks,rc_chunks", [(1, 2), (2, 3)])
+def test_right_context_mode_streams_as_forward_across_window_restarts(hop_chunks, rc_chunks):
+    model = small(right_context_ms=240 * rc_chunks, hop_ms=240 * hop_chunks, window_ms=2880, overlap_ms=960)
+    assert model.config.stride_frames < 389 // 3  # really several windows
+    mel = torch.randn(2, 777, 80)
+    with torch.no_grad():
+        ref, lengths = model(mel, torch.tensor([777, 600]))
+    assert lengths.tolist() == [389, 300]
+    assert (ref[0] - stream(model, mel[:1], seed=hop_chunks)[0]).abs().max().item() < 1e-5
+    assert (ref[1, :300] - stream(model, mel[1:, :600], seed=rc_chunks)[0]).abs().max().item() < 1e-5
+    assert ref[1, 300:].abs().max().item() == 0.0
+
+
+def test_right_context_mode_sees_exactly_its_right_context():
+    """Output chunk c (the first of its hop) depends on mel up to the end of its hop plus the right context (and
+    the conv stem's frame), and really on the last chunk of that right context."""
+    model = small(right_context_ms=480, hop_ms=480, n_layers=4)
+    assert model.lookahead_ms == 240 + 480  # what the engine waits for past chunk c's end
+    mel = torch.randn(1, 24 * 10, 80)
+    c = 4  # hop [4, 5], right context [6, 7]
+    limit = 24 * 8 + 1
+    later, last = mel.clone(), mel.clone()
+    later[:, limit:] += torch.randn_like(later[:, limit:])
+    last[:, limit - 13:limit - 1] += 1.0
+    with torch.no_grad():
+        base = model(mel, torch.tensor([240]))[0][:, : 12 * (c + 1)]
+        unchanged = model(later, torch.tensor([240]))[0][:, : 12 * (c + 1)]
+        changed = model(last, torch.tensor([240]))[0][:, : 12 * (c + 1)]
+    assert (base - unchanged).abs().max().item() < 1e-6
+    assert (base - changed)[:, 12 * c:].abs().max().item() > 1e-3
+
+
+def test_right_context_windows_hold_whole_hops_and_their_right_context():
+    cfg = WhisperEncoderConfig(right_context_ms=720, hop_ms=480)
+    step, rc = cfg.step_ms // 20, cfg.right_context_ms // 20
+    for k in range(4):
+        start, end = window_emit_range(cfg, k)
+        assert end == window_emit_range(cfg, k + 1)[0]
+        assert (start - window_start_frame(cfg, k)) % step == 0 and (end - window_start_frame(cfg, k)) % step == 0
+        assert end + rc <= window_start_frame(cfg, k) + cfg.window_frames
+    assert cfg.ahead_ms == 960
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"right_context_ms": 720, "lookahead_ms": 240}, "exclude"),
+    ({"right_context_ms": 700}, "right_context_ms"),
+    ({"right_context_ms": 720, "hop_ms": 500}, "hop_ms"),
+    ({"hop_ms": 480}, "needs right_context_ms"),
+    ({"right_context_ms": 720, "hop_ms": 960, "overlap_ms": 4800 - 240}, "overlap_ms"),
+])
+def test_bad_right_context_config_is_a_clear_error(kw, msg):
+    with pytest.raises(WhisperConfigError, match=msg):
+        WhisperEncoderConfig(**kw)
+
+
+def test_right_context_mode_has_no_per_block_hidden_states():
+    model = small(right_context_ms=240)
+    with pytest.raises(EncoderInputError, match="right-context"):
+        model.forward_hidden(torch.randn(1, 48, 80), torch.tensor([48]), upto=1)
+    with pytest.raises(EncoderInputError, match="right-context"):
+        model.forward_top(torch.randn(1, 24, 32), torch.tensor([24]), start=1)

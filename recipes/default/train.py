@@ -49,7 +49,7 @@ from reallm_cli.tokenizer import Tokenizer, tokenizer_from_bytes, train_tokenize
 from reallm_cli.train.batching import DurationBatchSampler
 from reallm_cli.train.cached_data import make_batch, time_mask
 from reallm_cli.train.ctc_head import CTCHead, ctc_loss
-from reallm_cli.train.feature_cache import FeatureStore, build_cache
+from reallm_cli.train.feature_cache import FeatureStore, build_cache, encode_audio
 from reallm_cli.train.loop import LoopConfig, run_loop
 from reallm_cli.train.reallm_loss import reallm_loss
 from reallm_cli.train.text_lm import text_batches, text_lm_loss
@@ -83,6 +83,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("weights/reallm-default.safetensors"))
     ap.add_argument("--chunk-ms", type=int, default=240)
     ap.add_argument("--lookahead-ms", type=int, default=240)
+    ap.add_argument("--right-context-ms", type=int, default=0,
+                    help="right-context mode instead of the layer-wise look-ahead: every encoder layer sees this much "
+                         "audio ahead, recomputed at each step (needs an imported --encoder; with --init-model, "
+                         "that encoder replaces the model's)")
+    ap.add_argument("--hop-ms", type=int, default=0, help="right-context mode: audio finished per encoder step")
+    ap.add_argument("--features-full-attention", action="store_true",
+                    help="cache frames of the encoder seeing each whole utterance (one fast pass) instead of its "
+                         "streaming schedule; the decoder then trains on frames near what right-context mode gives")
     ap.add_argument("--vocab", type=int, default=512)
     ap.add_argument("--teacher-steps", type=int, default=3000)
     ap.add_argument("--reallm-steps", type=int, default=8000)
@@ -149,7 +157,14 @@ def main() -> None:
             sys.exit(f"--init-model {args.init_model}: not a Whisper-encoder model")
         encoder = init_model.encoder
         args.chunk_ms, args.lookahead_ms = encoder.config.chunk_ms, encoder.config.lookahead_ms
-        log(f"fine-tuning {args.init_model}: its encoder, tokenizer ({init_tok.vocab_size} tokens) and config")
+        if args.right_context_ms:  # the model's projector and decoder on another encoder, in right-context mode
+            encoder = load_whisper_encoder(args.encoder, chunk_ms=args.chunk_ms, right_context_ms=args.right_context_ms,
+                                           hop_ms=args.hop_ms)
+            args.lookahead_ms = 0
+            log(f"fine-tuning {args.init_model}'s projector and decoder on {args.encoder}, right context "
+                f"{args.right_context_ms} ms, hop {encoder.config.step_ms} ms")
+        else:
+            log(f"fine-tuning {args.init_model}: its encoder, tokenizer ({init_tok.vocab_size} tokens) and config")
     elif is_model_file(args.encoder):  # a trained model's (adapted) encoder, streaming as in that model
         source = load_model(args.encoder)[0]
         if source.config.encoder_kind != "whisper":
@@ -157,10 +172,18 @@ def main() -> None:
         encoder = source.encoder
         args.chunk_ms, args.lookahead_ms = encoder.config.chunk_ms, encoder.config.lookahead_ms
         log(f"the encoder of {args.encoder}: chunk {args.chunk_ms} ms, look-ahead {args.lookahead_ms} ms")
+    elif args.right_context_ms:
+        encoder = load_whisper_encoder(args.encoder, chunk_ms=args.chunk_ms, right_context_ms=args.right_context_ms,
+                                       hop_ms=args.hop_ms)
+        args.lookahead_ms = 0
     else:
         encoder = load_whisper_encoder(args.encoder, chunk_ms=args.chunk_ms, lookahead_ms=args.lookahead_ms)
     encoder.eval()
     feat_tag = f"c{args.chunk_ms}_la{args.lookahead_ms}"
+    if args.features_full_attention:
+        feat_tag = f"c{args.chunk_ms}_full"
+    elif args.right_context_ms:
+        feat_tag = f"c{args.chunk_ms}_rc{args.right_context_ms}_hop{encoder.config.step_ms}"
     sets = {"train": ["train.jsonl"]}  # held-out sets are evaluated from audio, through the engine
     feat_dirs = {name: [work / "feats" / feat_tag / Path(f).stem for f in files] for name, files in sets.items()}
 
@@ -169,7 +192,11 @@ def main() -> None:
             for f, d in zip(files, dirs):
                 if (args.data / f).exists():
                     log(f"encoding {f} -> {d}")
-                    build_cache(read_jsonl(args.data / f), encoder, d, log=log)
+                    encode = None
+                    if args.features_full_attention:
+                        def encode(audio):
+                            return encode_audio(encoder, audio, full_attention=True)
+                    build_cache(read_jsonl(args.data / f), encoder, d, log=log, encode=encode)
 
     timed("features", features)
     # every cache folder of this encoder setting whose name starts with "train" (a run may add more)
@@ -351,9 +378,13 @@ def main() -> None:
     init_state = None
     if init_model is not None:
         # the model's own config (slots, delay, lead-in), its weights, this run's decoder dropout
-        config = replace(init_model.config, decoder=replace(init_model.config.decoder, dropout=args.dropout))
+        config = replace(init_model.config, decoder=replace(init_model.config.decoder, dropout=args.dropout),
+                         encoder=asdict(encoder.config))
         model = ReaLLM(config, encoder)
-        model.load_state_dict(init_model.state_dict())
+        res = model.load_state_dict({k: v for k, v in init_model.state_dict().items()
+                                     if not k.startswith("encoder.")}, strict=False)
+        if res.unexpected_keys or any(not k.startswith("encoder.") for k in res.missing_keys):
+            sys.exit(f"--init-model {args.init_model} does not fit: {res.unexpected_keys or res.missing_keys}")
         args.emit_delay_chunks = config.emit_delay_chunks
     else:
         if pretrained:

@@ -66,8 +66,10 @@ class Session:
         self._context: list[tuple[torch.Tensor, list[int]]] = []
         self.restarts = 0
         self._chunk_s = model.chunk_ms / 1000
-        # The embedding of chunk c can be computed once audio up to its end plus the look-ahead arrived.
+        # The embedding of chunk c can be computed once audio up to its end plus the look-ahead arrived; an
+        # encoder that finishes hops of several chunks (right-context mode) finishes chunk c with its hop.
         self._delay_s = model.encoder.lookahead_ms / 1000
+        self._hop = getattr(model.encoder, "hop_chunks", 1)
         self.chunks_done = 0
         self._word: _PendingWord | None = None
         self._samples_in = 0
@@ -225,7 +227,8 @@ class Session:
         # (a word in the lead-in's last chunk, heard through the look-ahead, starts at 0)
         # A model that writes words d chunks late heard them d chunks before the chunk they are written in.
         d = self._opts.emit_delay_chunks
-        shown_s = (w.last_chunk + 1 - self._lead) * self._chunk_s + self._delay_s
+        hop_end = -(-(w.last_chunk + 1) // self._hop) * self._hop  # chunk index just after the hop of the last piece
+        shown_s = (hop_end - self._lead) * self._chunk_s + self._delay_s - (self._hop - 1) * self._chunk_s
         end_s = max(w.last_chunk + 1 - self._lead - d, 1) * self._chunk_s
         return Word(
             text=self._tok.decode(w.pieces).strip(),

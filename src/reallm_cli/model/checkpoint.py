@@ -100,14 +100,21 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32,
                lookahead_ms: int | None = None) -> tuple[ReaLLM, Tokenizer]:
     """Rebuild model and tokenizer from one file; weights are cast to ``dtype`` (fp32 runs fastest on CPU).
     ``lookahead_ms`` replaces a Whisper encoder's look-ahead (a multiple of its chunk): the same weights
-    then see more (or less) audio ahead of each chunk, a trade of latency for accuracy (model card)."""
+    then see more (or less) audio ahead of each chunk, a trade of latency for accuracy (model card). For
+    an encoder in right-context mode it is the right context (0: chunk-causal, no hops)."""
     meta = read_metadata(path)
     try:
         raw = json.loads(meta["config"])
         if lookahead_ms is not None:
             if raw.get("encoder_kind") != "whisper":
                 raise ModelError(f"{path}: the look-ahead can be changed only for a Whisper-encoder model")
-            raw["encoder"]["lookahead_ms"] = lookahead_ms
+            enc = raw["encoder"]
+            if enc.get("right_context_ms"):
+                enc["right_context_ms"] = lookahead_ms
+                if lookahead_ms == 0:
+                    enc["hop_ms"] = 0
+            else:
+                enc["lookahead_ms"] = lookahead_ms
         config = ReaLLMConfig.from_dict(raw)
         tokenizer = tokenizer_from_bytes(base64.b64decode(meta["tokenizer"]))
     except (KeyError, ValueError, TypeError) as exc:

@@ -70,6 +70,10 @@ class WhisperEncoderConfig:
     layer_norm_eps: float = 1e-5
     chunk_ms: int = 240
     lookahead_ms: int = 0  # N * chunk_ms, spent in the first N layers
+    # Right-context mode (when > 0; then lookahead_ms is 0): every layer sees this much audio ahead, and
+    # those frames are recomputed at each step, Emformer-style (see the module docstring).
+    right_context_ms: int = 0
+    hop_ms: int = 0  # right-context mode: audio finished per step, a multiple of chunk_ms (0: one chunk)
     # 28.8 s windows, 4.8 s re-encoded: a restart every ~24 s; multiples of both 240 and 480 ms chunks.
     window_ms: int = 28_800  # one encoder window (<= n_ctx frames)
     overlap_ms: int = 4_800  # left context re-encoded at each restart
@@ -93,9 +97,20 @@ class WhisperEncoderConfig:
             bad(f"window_ms {self.window_ms} exceeds the {self.n_ctx * FRAME_MS} ms the model has positions for")
         if self.overlap_ms < 0 or self.overlap_ms % self.chunk_ms:
             bad(f"overlap_ms {self.overlap_ms} must be 0 or a multiple of chunk_ms {self.chunk_ms}")
+        if self.right_context_ms:
+            if self.lookahead_ms:
+                bad("lookahead_ms and right_context_ms exclude each other")
+            for name in ("right_context_ms", "hop_ms"):
+                v = getattr(self, name)
+                if v < 0 or v % self.chunk_ms:
+                    bad(f"{name} {v} must be 0 or a multiple of chunk_ms {self.chunk_ms}")
+            if self.overlap_ms % self.step_ms:
+                bad(f"overlap_ms {self.overlap_ms} must be a multiple of hop_ms {self.step_ms}")
+        elif self.hop_ms:
+            bad("hop_ms needs right_context_ms")
         if self.stride_frames <= 0:
-            bad(f"window_ms {self.window_ms} must exceed overlap_ms + lookahead_ms "
-                f"({self.overlap_ms} + {self.lookahead_ms})")
+            bad(f"window_ms {self.window_ms} must exceed overlap_ms + look-ahead "
+                f"({self.overlap_ms} + {self.ahead_ms})")
 
     @property
     def frame_ms(self) -> int:
@@ -110,6 +125,19 @@ class WhisperEncoderConfig:
         return self.lookahead_ms // self.chunk_ms
 
     @property
+    def step_ms(self) -> int:
+        """Right-context mode: the audio one step finishes (hop_ms, by default one chunk)."""
+        return self.hop_ms or self.chunk_ms
+
+    @property
+    def ahead_ms(self) -> int:
+        """How much audio past the end of a chunk its output frames wait for (at most, in right-context mode:
+        the first chunk of a hop waits for the rest of the hop too)."""
+        if self.right_context_ms:
+            return self.right_context_ms + self.step_ms - self.chunk_ms
+        return self.lookahead_ms
+
+    @property
     def window_frames(self) -> int:
         return self.window_ms // FRAME_MS
 
@@ -120,6 +148,9 @@ class WhisperEncoderConfig:
     @property
     def stride_frames(self) -> int:
         """Distance between window starts: each window emits this many frames (the first one: + overlap)."""
+        if self.right_context_ms:  # whole hops, each with its right context inside the window
+            step = self.step_ms // FRAME_MS
+            return (self.window_frames - self.overlap_frames - self.right_context_ms // FRAME_MS) // step * step
         return self.window_frames - self.overlap_frames - self.lookahead_chunks * self.frames_per_chunk
 
     def to_dict(self) -> dict:
@@ -229,6 +260,7 @@ class WindowState:
     emit_end: int
     layers: list[LayerCache]
     n_fed: int = 0  # frames fed (positions 0 .. n_fed-1)
+    todo: torch.Tensor | None = None  # right-context mode: inputs (B, t, D) fed and not yet final
 
 
 @dataclass
@@ -256,7 +288,8 @@ class WhisperStreamingEncoder(nn.Module):
         self.out_dim = config.d_model
         self.frame_ms = FRAME_MS
         self.chunk_ms = config.chunk_ms
-        self.lookahead_ms = config.lookahead_ms
+        self.lookahead_ms = config.ahead_ms  # what the engine waits for past a chunk's end (at most)
+        self.hop_chunks = config.step_ms // config.chunk_ms if config.right_context_ms else 1  # chunks a step finishes
         self.stem_lookahead_ms = STEM_LOOKAHEAD_MS
         self.conv1 = nn.Conv1d(config.n_mels, config.d_model, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(config.d_model, config.d_model, kernel_size=3, stride=2, padding=1)
@@ -324,6 +357,8 @@ class WhisperStreamingEncoder(nn.Module):
         blocks on cached hidden states (encoder adaptation) without re-running the lower ones.
         """
         t = hidden.shape[1]
+        if self.config.right_context_ms:
+            raise EncoderInputError("forward_top is not available in right-context mode")
         if not 0 <= start <= self.config.n_layers:
             raise EncoderInputError(f"start must be in 0..{self.config.n_layers}, got {start}")
         if t > self.config.window_frames:
@@ -374,6 +409,14 @@ class WhisperStreamingEncoder(nn.Module):
             valid = None if bool((lengths == t).all()) else lengths
             outs = self._encode_window(x, valid, True, upto)
             return [self._zero_padding(y, lengths) for y in outs], lengths
+        if cfg.right_context_ms:
+            if upto is not None:
+                raise EncoderInputError("hidden states of single blocks are not available in right-context mode")
+            y = x.new_zeros(b, t, d)
+            for i in range(b):  # the streaming schedule itself, one utterance at a time: forward == step
+                n = int(lengths[i])
+                y[i, :n] = self._feed(x[i:i + 1, :n], self.init_state(1), final=True)[0]
+            return [y], lengths
         stitched: list[torch.Tensor] = []
         k = 0
         while True:  # the windows of the streaming schedule, each emitting its own stretch of frames
@@ -485,14 +528,16 @@ class WhisperStreamingEncoder(nn.Module):
                 self._open_window(state)
             cut = min([last, window_start_frame(cfg, state.next_window)]
                       + [w.start_frame + cfg.window_frames for w in state.windows])
+            push = self._window_push_rc if cfg.right_context_ms else self._window_push
             for w in state.windows:
-                pieces.append(self._window_push(w, x[:, a - first:cut - first], final=False))
+                pieces.append(push(w, x[:, a - first:cut - first], final=False))
             state.windows = [w for w in state.windows if w.n_fed < cfg.window_frames]
             a = cut
         state.n_fed = last
         if final:
+            push = self._window_push_rc if cfg.right_context_ms else self._window_push
             for w in state.windows:
-                pieces.append(self._window_push(w, x[:, :0], final=True))
+                pieces.append(push(w, x[:, :0], final=True))
             state.windows = []
         out = [state.pending.new_zeros(state.pending.shape[0], 0, cfg.d_model)]
         for start, y in pieces:
@@ -549,6 +594,42 @@ class WhisperStreamingEncoder(nn.Module):
         return w.start_frame + q0, self.ln_post(x)
 
 
+    def _window_push_rc(self, w: WindowState, x: torch.Tensor, final: bool) -> tuple[int, torch.Tensor]:
+        """Right-context mode: new frames (B, n, D) into one window; each step finishes one hop of frames,
+        running every layer over the hop plus ``right_context_ms`` of the frames after it, which see the hop's
+        keys and those of every earlier hop. The hop's keys and values are kept; the right context's are
+        recomputed at the next step, from inputs that have then seen further ahead themselves."""
+        cfg = self.config
+        step, rc = cfg.step_ms // FRAME_MS, cfg.right_context_ms // FRAME_MS
+        x = x + self.positional_embedding[w.n_fed:w.n_fed + x.shape[1]].to(x.dtype)
+        w.n_fed += x.shape[1]
+        complete = final or w.n_fed == cfg.window_frames  # no more frames come: finish with what is there
+        todo = x if w.todo is None else torch.cat([w.todo, x], dim=1)
+        g0 = w.start_frame + w.layers[0].n_keys  # the first frame this call finishes
+        outs = []
+        while todo.shape[1] >= step + rc or (complete and todo.shape[1]):
+            n = min(step, todo.shape[1])
+            h_in = todo[:, :n + rc]
+            for c, block in zip(w.layers, self.blocks):
+                h = block.attn_ln(h_in)
+                k, v = block.attn.keys_values(h)
+                end = c.n_keys + k.shape[2]
+                c.k[:, :, c.n_keys:end] = k
+                c.v[:, :, c.n_keys:end] = v
+                h_in = block.finish(h_in, h, c.k[:, :, :end], c.v[:, :, :end], None)
+                c.n_keys += n  # the right context's keys are overwritten at the next step
+            outs.append(h_in[:, :n])
+            todo = todo[:, n:]
+        w.todo = todo
+        if not outs:
+            return g0, x[:, :0]
+        y = torch.cat(outs, dim=1)
+        lo, hi = max(w.emit_start, g0), min(w.emit_end, g0 + y.shape[1])
+        if hi <= lo:
+            return lo, y[:, :0]
+        return lo, self.ln_post(y[:, lo - g0:hi - g0])
+
+
 # ----------------------------------------------------------------------------------------- files
 
 
@@ -591,12 +672,14 @@ def read_whisper_encoder_config(path: str | Path) -> WhisperEncoderConfig:
 
 def load_whisper_encoder(path: str | Path, chunk_ms: int = 240, lookahead_ms: int = 0,
                          window_ms: int | None = None, overlap_ms: int | None = None,
-                         dtype: torch.dtype = torch.float32) -> WhisperStreamingEncoder:
+                         dtype: torch.dtype = torch.float32, right_context_ms: int = 0,
+                         hop_ms: int = 0) -> WhisperStreamingEncoder:
     """Rebuild the encoder from its file with the given streaming schedule; frozen, eval mode, ``dtype``."""
     from safetensors.torch import load_file
 
     cfg = read_whisper_encoder_config(path)
-    changes = {"chunk_ms": chunk_ms, "lookahead_ms": lookahead_ms}
+    changes = {"chunk_ms": chunk_ms, "lookahead_ms": lookahead_ms, "right_context_ms": right_context_ms,
+               "hop_ms": hop_ms}
     if window_ms is not None:
         changes["window_ms"] = window_ms
     if overlap_ms is not None:
