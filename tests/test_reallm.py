@@ -115,7 +115,7 @@ def whisper_model(vocab_size: int, **encoder_kw):
     from reallm_cli.model.whisper_encoder import WhisperEncoderConfig
 
     torch.manual_seed(0)
-    enc = WhisperEncoderConfig(d_model=32, n_heads=4, n_layers=2, ffn_dim=64, **encoder_kw)
+    enc = WhisperEncoderConfig(**{"d_model": 32, "n_heads": 4, "n_layers": 2, "ffn_dim": 64, **encoder_kw})
     dec = DecoderConfig(vocab_size=vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, ffn_hidden=64, window=64)
     return build_model(ReaLLMConfig(encoder_kind="whisper", encoder=asdict(enc), decoder=dec, lead_in_ms=480))
 

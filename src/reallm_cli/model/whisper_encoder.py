@@ -9,9 +9,13 @@ every 20 ms. What we change is only *what each frame may attend to*:
 - **Look-ahead, layer-wise.** With ``lookahead_ms = N * chunk_ms`` the first N layers let chunk c also see
   chunk c + 1; the remaining layers are chunk-causal. Output chunk c then depends on input up to chunk c + N
   exactly, whatever the depth. (A mask letting *every* layer look one chunk ahead would give a receptive
-  field of n_layers chunks, and an Emformer-style right context would need extra per-chunk compute and a
-  second set of hidden states.) Streaming stays exact: layer l < N holds its newest chunk back until the next
+  field of n_layers chunks.) Streaming stays exact: layer l < N holds its newest chunk back until the next
   chunk's keys arrive, the upper layers run as soon as their input is there.
+- **Or right context, Emformer-style** (``right_context_ms`` > 0, ``hop_ms``): each step finishes one hop of
+  frames, running every layer over the hop plus the ``right_context_ms`` of frames after it, with the keys
+  and values kept from earlier hops. The hop's keys and values are kept; the right context's are thrown
+  away and recomputed at the next step. Every layer then sees the same span ahead, for (hop + right
+  context) / hop times the compute; a pretrained encoder needs no adaptation to it (the default model).
 - **Conv stem.** The convolutions are kept as trained; conv2's output frame j reads mel frames 2j-2 .. 2j+2,
   so a chunk also needs the first mel frame (10 ms) of the next one: ``stem_lookahead_ms = 10`` on top of
   ``lookahead_ms``. The stream starts with zero padding, like the offline convolution.
