@@ -106,7 +106,7 @@ def test_a_new_decoder_on_the_encoder_of_a_trained_model(tmp_path):
          "--reallm-steps", "2", "--reallm-warmup", "1", "--max-frames", "600"],
         capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert f"the encoder of {base}: chunk 240 ms, look-ahead 240 ms" in r.stdout
+    assert f"the encoder of {base}: chunk 240 ms, right context 720 ms, hop 480 ms" in r.stdout
 
     before, tok_before = load_model(base)
     after, tok_after = load_model(out)

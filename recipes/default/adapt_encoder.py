@@ -56,8 +56,9 @@ def load_encoder(path: Path, chunk_ms: int, lookahead_ms: int) -> WhisperStreami
     model = load_model(path)[0]
     if model.config.encoder_kind != "whisper":
         sys.exit(f"--encoder {path}: not a Whisper-encoder model")
+    # (a model streaming in right-context mode is adapted on the layer-wise schedule asked for here)
     enc = WhisperStreamingEncoder(dataclasses.replace(model.encoder.config, chunk_ms=chunk_ms,
-                                                      lookahead_ms=lookahead_ms))
+                                                      lookahead_ms=lookahead_ms, right_context_ms=0, hop_ms=0))
     enc.load_state_dict(model.encoder.state_dict())
     return enc.eval()
 

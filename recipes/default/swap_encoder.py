@@ -40,7 +40,8 @@ def main() -> int:
             raise ReallmError(f"{args.model} has a {model.config.encoder_kind} encoder, not a Whisper one")
         cfg = model.encoder.config
         schedule = dict(lookahead_ms=0, right_context_ms=args.right_context_ms, hop_ms=args.hop_ms) \
-            if args.right_context_ms else dict(lookahead_ms=cfg.lookahead_ms)
+            if args.right_context_ms else dict(lookahead_ms=cfg.lookahead_ms, right_context_ms=cfg.right_context_ms,
+                                               hop_ms=cfg.hop_ms)
         enc = load_whisper_encoder(args.encoder, chunk_ms=cfg.chunk_ms, window_ms=cfg.window_ms,
                                    overlap_ms=cfg.overlap_ms, **schedule)
         if dataclasses.replace(enc.config, **schedule) != dataclasses.replace(cfg, **schedule):

@@ -164,14 +164,19 @@ def main() -> None:
             log(f"fine-tuning {args.init_model}'s projector and decoder on {args.encoder}, right context "
                 f"{args.right_context_ms} ms, hop {encoder.config.step_ms} ms")
         else:
+            args.right_context_ms, args.hop_ms = encoder.config.right_context_ms, encoder.config.hop_ms
             log(f"fine-tuning {args.init_model}: its encoder, tokenizer ({init_tok.vocab_size} tokens) and config")
     elif is_model_file(args.encoder):  # a trained model's (adapted) encoder, streaming as in that model
         source = load_model(args.encoder)[0]
         if source.config.encoder_kind != "whisper":
             sys.exit(f"--encoder {args.encoder}: not a Whisper-encoder model")
         encoder = source.encoder
-        args.chunk_ms, args.lookahead_ms = encoder.config.chunk_ms, encoder.config.lookahead_ms
-        log(f"the encoder of {args.encoder}: chunk {args.chunk_ms} ms, look-ahead {args.lookahead_ms} ms")
+        c = encoder.config
+        args.chunk_ms, args.lookahead_ms, args.right_context_ms, args.hop_ms = \
+            c.chunk_ms, c.lookahead_ms, c.right_context_ms, c.hop_ms
+        schedule = f"right context {c.right_context_ms} ms, hop {c.step_ms} ms" if c.right_context_ms \
+            else f"look-ahead {c.lookahead_ms} ms"
+        log(f"the encoder of {args.encoder}: chunk {args.chunk_ms} ms, {schedule}")
     elif args.right_context_ms:
         encoder = load_whisper_encoder(args.encoder, chunk_ms=args.chunk_ms, right_context_ms=args.right_context_ms,
                                        hop_ms=args.hop_ms)
