@@ -92,19 +92,22 @@ def test_empty_input_gives_empty_output():
 def test_lookahead_is_bounded_and_used(lookahead_chunks):
     """Output chunk c depends on mel up to chunk c + N plus one frame (the conv stem), and really on chunk c + N."""
     model = small(lookahead_ms=240 * lookahead_chunks, n_layers=4)
-    mel = torch.randn(1, 24 * 10, 80)
     c = 3
-    limit = 24 * (c + 1 + lookahead_chunks) + 1  # first mel frame the output of chunk c must not see
-    later = mel.clone()
+    beyond, last = dependence(model, c, limit=24 * (c + 1 + lookahead_chunks) + 1)
+    assert beyond < 1e-6
+    assert last > 1e-3
+
+
+def dependence(model, c: int, limit: int) -> tuple[float, float]:
+    """How much the outputs up to chunk c move when mel from frame ``limit`` on changes (should be 0), and how
+    much output chunk c moves when the 12 mel frames before ``limit - 1`` change (should not be 0)."""
+    mel = torch.randn(1, 24 * 10, 80)
+    later, last = mel.clone(), mel.clone()
     later[:, limit:] += torch.randn_like(later[:, limit:])
-    last_la = mel.clone()
-    last_la[:, limit - 13:limit - 1] += 1.0  # inside chunk c + N: must be seen
+    last[:, limit - 13:limit - 1] += 1.0
     with torch.no_grad():
-        base = model(mel, torch.tensor([240]))[0][:, : 12 * (c + 1)]
-        unchanged = model(later, torch.tensor([240]))[0][:, : 12 * (c + 1)]
-        changed = model(last_la, torch.tensor([240]))[0][:, : 12 * (c + 1)]
-    assert (base - unchanged).abs().max().item() < 1e-6
-    assert (base - changed)[:, 12 * c:].abs().max().item() > 1e-3
+        base, unchanged, changed = (model(m, torch.tensor([240]))[0][:, : 12 * (c + 1)] for m in (mel, later, last))
+    return (base - unchanged).abs().max().item(), (base - changed)[:, 12 * c:].abs().max().item()
 
 
 def test_step_emits_a_chunk_as_soon_as_its_lookahead_arrived():
@@ -292,15 +295,15 @@ def right_context_reference(model, mel: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         x, _ = model.conv_stem(mel, torch.tensor([mel.shape[1]]))
         x = x + model.positional_embedding[: x.shape[1]]
-        kept = [(x[:, :0], x[:, :0])] * cfg.n_layers  # per layer: normed inputs of finished frames
+        kept = [x[:, :0]] * cfg.n_layers  # per layer: normed inputs of finished frames
         outs = []
         for a in range(0, x.shape[1], step):
             h_in = x[:, a:a + step + rc]
             n = min(step, h_in.shape[1])
             for layer, block in enumerate(model.blocks):
                 h = block.attn_ln(h_in)
-                keys_in = torch.cat([kept[layer][0], h], dim=1)
-                kept[layer] = (keys_in[:, : a + n], None)
+                keys_in = torch.cat([kept[layer], h], dim=1)
+                kept[layer] = keys_in[:, : a + n]
                 k, v = block.attn.keys_values(keys_in)
                 h_in = block.finish(h_in, h, k, v, None)
             outs.append(model.ln_post(h_in[:, :n]))
@@ -334,18 +337,10 @@ def test_right_context_mode_sees_exactly_its_right_context():
     the conv stem's frame), and really on the last chunk of that right context."""
     model = small(right_context_ms=480, hop_ms=480, n_layers=4)
     assert model.lookahead_ms == 240 + 480  # what the engine waits for past chunk c's end
-    mel = torch.randn(1, 24 * 10, 80)
     c = 4  # hop [4, 5], right context [6, 7]
-    limit = 24 * 8 + 1
-    later, last = mel.clone(), mel.clone()
-    later[:, limit:] += torch.randn_like(later[:, limit:])
-    last[:, limit - 13:limit - 1] += 1.0
-    with torch.no_grad():
-        base = model(mel, torch.tensor([240]))[0][:, : 12 * (c + 1)]
-        unchanged = model(later, torch.tensor([240]))[0][:, : 12 * (c + 1)]
-        changed = model(last, torch.tensor([240]))[0][:, : 12 * (c + 1)]
-    assert (base - unchanged).abs().max().item() < 1e-6
-    assert (base - changed)[:, 12 * c:].abs().max().item() > 1e-3
+    beyond, last = dependence(model, c, limit=24 * 8 + 1)
+    assert beyond < 1e-6
+    assert last > 1e-3
 
 
 def test_right_context_windows_hold_whole_hops_and_their_right_context():

@@ -150,6 +150,12 @@ def main() -> None:
         t_stage[name] = t_stage.get(name, 0.0) + time.perf_counter() - t0
         (work / "times.json").write_text(json.dumps(t_stage, indent=1))
 
+    def right_context_encoder():
+        """The imported --encoder in right-context mode (--right-context-ms, --hop-ms)."""
+        args.lookahead_ms = 0
+        return load_whisper_encoder(args.encoder, chunk_ms=args.chunk_ms, right_context_ms=args.right_context_ms,
+                                    hop_ms=args.hop_ms)
+
     init_model = init_tok = None
     if args.init_model is not None:
         init_model, init_tok = load_model(args.init_model)
@@ -158,9 +164,7 @@ def main() -> None:
         encoder = init_model.encoder
         args.chunk_ms, args.lookahead_ms = encoder.config.chunk_ms, encoder.config.lookahead_ms
         if args.right_context_ms:  # the model's projector and decoder on another encoder, in right-context mode
-            encoder = load_whisper_encoder(args.encoder, chunk_ms=args.chunk_ms, right_context_ms=args.right_context_ms,
-                                           hop_ms=args.hop_ms)
-            args.lookahead_ms = 0
+            encoder = right_context_encoder()
             log(f"fine-tuning {args.init_model}'s projector and decoder on {args.encoder}, right context "
                 f"{args.right_context_ms} ms, hop {encoder.config.step_ms} ms")
         else:
@@ -178,9 +182,7 @@ def main() -> None:
             else f"look-ahead {c.lookahead_ms} ms"
         log(f"the encoder of {args.encoder}: chunk {args.chunk_ms} ms, {schedule}")
     elif args.right_context_ms:
-        encoder = load_whisper_encoder(args.encoder, chunk_ms=args.chunk_ms, right_context_ms=args.right_context_ms,
-                                       hop_ms=args.hop_ms)
-        args.lookahead_ms = 0
+        encoder = right_context_encoder()
     else:
         encoder = load_whisper_encoder(args.encoder, chunk_ms=args.chunk_ms, lookahead_ms=args.lookahead_ms)
     encoder.eval()

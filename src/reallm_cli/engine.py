@@ -69,7 +69,7 @@ class Session:
         # The embedding of chunk c can be computed once audio up to its end plus the look-ahead arrived; an
         # encoder that finishes hops of several chunks (right-context mode) finishes chunk c with its hop.
         self._delay_s = model.encoder.lookahead_ms / 1000
-        self._hop = getattr(model.encoder, "hop_chunks", 1)
+        self._hop = model.encoder.hop_chunks
         self.chunks_done = 0
         self._word: _PendingWord | None = None
         self._samples_in = 0

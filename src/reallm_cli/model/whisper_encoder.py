@@ -526,20 +526,19 @@ class WhisperStreamingEncoder(nn.Module):
         cfg = self.config
         first, last = state.n_fed, state.n_fed + x.shape[1]
         pieces: list[tuple[int, torch.Tensor]] = []  # (global start, frames)
+        push = self._window_push_rc if cfg.right_context_ms else self._window_push
         a = first
         while a < last:
             if window_start_frame(cfg, state.next_window) == a:
                 self._open_window(state)
             cut = min([last, window_start_frame(cfg, state.next_window)]
                       + [w.start_frame + cfg.window_frames for w in state.windows])
-            push = self._window_push_rc if cfg.right_context_ms else self._window_push
             for w in state.windows:
                 pieces.append(push(w, x[:, a - first:cut - first], final=False))
             state.windows = [w for w in state.windows if w.n_fed < cfg.window_frames]
             a = cut
         state.n_fed = last
         if final:
-            push = self._window_push_rc if cfg.right_context_ms else self._window_push
             for w in state.windows:
                 pieces.append(push(w, x[:, :0], final=True))
             state.windows = []
