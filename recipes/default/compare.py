@@ -3,7 +3,7 @@
 Every reallm figure streams each utterance through the engine (`reallm eval`'s library call): WER, CER,
 real-time factor and emission delay (a word's emission time minus its end time in offline Whisper
 base's word timestamps, kept in recipes/default/ref_word_times/). The peers are offline Whisper tiny.en
-and base through faster-whisper (int8, beam 5, language en, whole utterance), run on the same audio in
+and base through faster-whisper (int8, beam 5, faster-whisper's temperature fallback, language en, whole utterance), run on the same audio in
 the same run; `--peers` also (re)writes the reference word times from Whisper base.
 
     python recipes/default/compare.py --out OUT --peers                      # peers + word times
@@ -117,7 +117,8 @@ def main() -> int:
     ap.add_argument("--name", action="append", default=[], help="a short name per --model, for the table")
     ap.add_argument("--lookahead-ms", default="", help="comma-separated right contexts to run each model at "
                     "(empty: the model's own)")
-    ap.add_argument("--peers", action="store_true", help="also run offline Whisper tiny.en and base")
+    ap.add_argument("--peers", nargs="?", const="whisper-tiny.en,whisper-base", default="",
+                    help="also run these offline Whisper peers (default: whisper-tiny.en,whisper-base)")
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--shared", type=Path, default=SHARED_DATA, help="the folder that holds the dev sets")
     ap.add_argument("--precision", default="auto")
@@ -128,7 +129,7 @@ def main() -> int:
     sets = args.sets.split(",")
     jobs = []
     if args.peers:
-        jobs += [(peer, None, None, None) for peer in ("whisper-tiny.en", "whisper-base")]
+        jobs += [(peer, None, None, None) for peer in args.peers.split(",")]
     lookaheads = [int(x) for x in args.lookahead_ms.split(",") if x] or [None]
     names = args.name + [Path(m).stem for m in args.model[len(args.name):]]
     for model, name in zip(args.model, names):

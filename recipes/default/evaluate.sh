@@ -7,7 +7,7 @@
 set -euo pipefail
 MODEL=$1 OUT=$2 DATA=${3:-/work/data} PRECISION=${4:-fp32}
 SHARED=$(cd "$(dirname "$0")/../../.." && pwd)/shared/data
-REF=$(dirname "$0")/devreal_ref_word_times.jsonl
+REF=$(dirname "$0")/ref_word_times/dev-real.jsonl
 mkdir -p "$OUT"
 align=()
 [ -f "$REF" ] && align=(--alignments "$REF")
