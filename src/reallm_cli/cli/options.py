@@ -31,7 +31,7 @@ ThreadsOpt = Annotated[Optional[int], typer.Option(
 FormatName = Literal["txt", "srt", "vtt", "json", "jsonl"]
 FormatOpt = Annotated[Optional[FormatName], typer.Option(
     "--format", "-f", metavar="txt|srt|vtt|json|jsonl",
-    help="Transcript format (for an --output file, the default comes from its extension).")]
+    help="Transcript format (listen --output FILE: from its extension unless given).")]
 
 QuietOpt = Annotated[bool, typer.Option(
     "--quiet", "-q", help="Nothing on stderr but warnings and errors (no progress bar, live view or summary).")]
