@@ -25,12 +25,27 @@ ENVIRONMENT = [
     ("REALLM_REGISTRY", "A JSON file of extra model registry entries (name to urls, sha256, size_bytes, license, description)."),
     ("PULSE_SOURCE", "With --device pulse, the PulseAudio source to record from."),
 ]
+# The same for every command (README "Exit status"); reallm_cli.cli.app names them.
 EXIT_STATUS = [
     ("0", "Success, including a live session ended with Ctrl-C or SIGTERM."),
-    ("1", "Unexpected internal error."),
-    ("2", "A problem the user can fix (bad option, missing file or model, unusable device); one line on stderr says which."),
-    ("130", "Interrupted a second time (Ctrl-C during shutdown)."),
+    ("1", "A file failed: unreadable, or damaged (transcribed as far as it decodes, with one warning line)."),
+    ("2", "A usage error or a problem to fix before anything runs (bad option, missing or damaged model, unusable device); one line on stderr says which."),
+    ("130", "Interrupted: Ctrl-C or SIGTERM during transcribe (what was written is kept), or a second Ctrl-C during a live session's shutdown."),
 ]
+DIAGNOSTICS = "Every message is one line on stderr starting \"reallm: error:\" or \"reallm: warning:\"; stdout carries only the transcript or the result asked for."
+# Extra sections of some pages, as (title, paragraphs).
+EXTRA = {
+    "reallm-transcribe": [("OUTPUT FORMATS", [
+        "Each segment is written, and flushed, to stdout or to its file as soon as it is final, so killing the process loses at most the segment in progress. "
+        "With --output-dir DIR each input goes to DIR/<name>.<ext>.partial, renamed to DIR/<name>.<ext> when the input ends; an interrupted run leaves the .partial file. "
+        "Inputs that share a name keep their folders under DIR; inputs that would still collide are refused before any work. "
+        "An existing transcript is never replaced without --overwrite: its input is skipped with a warning.",
+        "txt: one line per segment. srt, vtt: one cue per segment. json: one object with file, segments (start_s, end_s, text, words with start_s, end_s, emit_s), duration_s and text. "
+        "jsonl: one record a line, each with type and file: final (the words that became final), segment, and a last end record with duration_s.",
+        "With several inputs on stdout, txt, srt and vtt put a line \"==> FILE <==\" before each file (each srt or vtt block is complete by itself), "
+        "json prints one array of the per-file objects, and jsonl records tell files apart by their file field. With one input there is no header.",
+    ])],
+}
 
 
 def roff_escape(text: str) -> str:
@@ -127,13 +142,19 @@ def render_page(path: list[str], cmd, ctx, version: str) -> str:
             sub_title = f"{title}-{name}"
             out += [".TP", f"\\fB{roff_escape(name)}\\fR", roff_escape(sub.get_short_help_str(limit=300)) + f" See \\fB{roff_escape(sub_title)}\\fR(1)."]
             see_also.append(sub_title)
+    for section, paragraphs in EXTRA.get(title, []):
+        out.append(f".SH {section}")
+        for i, p in enumerate(paragraphs):
+            out += [".PP"] * bool(i) + [roff_escape(p)]
+    if not _is_group(cmd) or len(path) == 1:
+        out.append(".SH EXIT STATUS")
+        for code, text in EXIT_STATUS:
+            out += [".TP", f"\\fB{code}\\fR", roff_escape(text)]
+        out += [".SH DIAGNOSTICS", roff_escape(DIAGNOSTICS)]
     if len(path) == 1:
         out.append(".SH ENVIRONMENT")
         for name, text in ENVIRONMENT:
             out += [".TP", f"\\fB{name}\\fR", roff_escape(text)]
-        out.append(".SH EXIT STATUS")
-        for code, text in EXIT_STATUS:
-            out += [".TP", f"\\fB{code}\\fR", roff_escape(text)]
     else:
         see_also.insert(0, "-".join(path[:-1]))
     if see_also:

@@ -101,7 +101,11 @@ def test_wrong_files_and_options_give_one_line(data):
     assert_one_line_error(run("train", "teacher", "--manifest", m, "--tokenizer", tmp / "nope.model", "-o", tmp / "t.pt"), "no such tokenizer")
     assert_one_line_error(run("train", "teacher", "--manifest", m, "--tokenizer", m, "-o", tmp / "t.pt"), "not a reallm tokenizer")
     assert_one_line_error(run("train", "teacher", "--manifest", m, "--tokenizer", tok, "-o", tmp / "t.pt", "--preset", "huge"), "unknown preset")
-    assert_one_line_error(run("train", "teacher", "--manifest", m, "--tokenizer", tok, "-o", tmp / "t.pt", "--on-error", "maybe"), "--on-error")
+    # A value outside the choices is the option parser's error, in the same one-line voice.
+    bad = subprocess.run([sys.executable, "-m", "reallm_cli", "train", "teacher", "--manifest", str(m), "--tokenizer", str(tok),
+                          "-o", str(tmp / "t.pt"), "--on-error", "maybe"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("reallm: error:") and "--on-error" in bad.stderr
+    assert len(bad.stderr.splitlines()) == 1
     assert_one_line_error(run("align", "--manifest", m, "--teacher", tok, "-o", tmp / "a.jsonl"), "not a reallm CTC teacher")
     assert_one_line_error(run("align", "--manifest", m, "--teacher", tmp / "none.pt", "-o", tmp / "a.jsonl"), "not found")
     assert_one_line_error(run("data", "folder", tmp / "nowhere", "-o", tmp / "x.jsonl"), "not a folder")

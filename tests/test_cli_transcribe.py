@@ -40,7 +40,7 @@ def test_transcribe_real_file_formats(model_file, shared_data, tmp_path):
     js = reallm("transcribe", jfk, "--model", model_file, "--format", "json")
     doc = json.loads(js.stdout)  # stdout holds the transcript only
     assert doc["duration_s"] == pytest.approx(11.0, abs=0.1)
-    assert all(w["start_s"] <= w["end_s"] for w in doc["words"])
+    assert all(w["start_s"] <= w["end_s"] for s in doc["segments"] for w in s["words"])
     out = reallm("transcribe", jfk, shared_data / "dev-real" / "fsdd" / "0_george_0.wav", "--model", model_file,
                  "--format", "srt", "--output-dir", tmp_path / "out")
     assert out.returncode == 0, out.stderr

@@ -87,6 +87,7 @@ def test_download_verifies_and_moves_atomically(server, tmp_path):
     got = download(f"{base}/model.bin", SHA, dest, quiet=True)
     assert got == dest and dest.read_bytes() == PAYLOAD
     assert not dest.with_name(dest.name + ".part").exists()
+    assert weights.expected_sha256(dest) == (SHA, str(dest) + ".sha256")  # so every later load is checked too
     n = len(handler.log)
     download(f"{base}/model.bin", SHA, dest, quiet=True)  # already there and verified: no request
     assert len(handler.log) == n
@@ -245,4 +246,4 @@ def test_concurrent_download_refused(server, tmp_path):
         with pytest.raises(ReallmError, match="another download"):
             download(f"{base}/model.bin", SHA, dest, quiet=True)
     download(f"{base}/model.bin", SHA, dest, quiet=True)
-    assert dest.read_bytes() == PAYLOAD and sorted(p.name for p in tmp_path.iterdir()) == ["m.bin"]
+    assert dest.read_bytes() == PAYLOAD and sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.bin.sha256"]

@@ -46,8 +46,9 @@ def test_srt_vtt_txt_text():
 def test_json_has_words_segments_duration():
     doc = json.loads(format_transcript(T, "json"))
     assert doc["duration_s"] == 3663.0 and doc["text"] == "hello world again"
-    assert [w["text"] for w in doc["words"]] == ["hello", "world", "again"]
-    assert doc["words"][1] == {"text": "world", "start_s": 0.48, "end_s": 0.96, "emit_s": 1.2}
+    words = [w for s in doc["segments"] for w in s["words"]]  # no flat list: it would hold the whole file
+    assert [w["text"] for w in words] == ["hello", "world", "again"] and doc["file"] == "a.wav"
+    assert words[1] == {"text": "world", "start_s": 0.48, "end_s": 0.96, "emit_s": 1.2}
     assert [s["text"] for s in doc["segments"]] == ["hello world", "again"]
     assert doc["segments"][1]["words"][0]["start_s"] == 3661.5
 

@@ -9,3 +9,17 @@ class ReallmError(Exception):
 
 class ModelError(ReallmError):
     """A model file that is missing, corrupt, or of the wrong kind."""
+
+
+def error(text: str) -> None:
+    """One line on stderr in the one voice every reallm message uses."""
+    import sys
+
+    print(f"reallm: error: {text}", file=sys.stderr, flush=True)
+
+
+def warn(text: str) -> None:
+    """A one-line warning on stderr (the run goes on, or ends with a non-zero status)."""
+    import sys
+
+    print(f"reallm: warning: {text}", file=sys.stderr, flush=True)

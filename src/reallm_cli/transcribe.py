@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from reallm_cli.audio.source import open_audio
+from reallm_cli.audio.source import AudioError, open_audio
 from reallm_cli.engine import Recognizer
-from reallm_cli.results import Transcript, Word
+from reallm_cli.results import Segment, Transcript
 from reallm_cli.segmenter import Segmenter
 from reallm_cli.timebase import SAMPLE_RATE
 
@@ -21,30 +21,72 @@ class TranscribeOptions:
     block_s: float = 8.0  # audio pushed per call; larger is faster, any size gives the same words
 
 
+@dataclass(frozen=True)
+class FileResult:
+    """What streaming one file produced, besides the segments handed out as they closed."""
+
+    path: str
+    duration_s: float  # audio decoded (less than the file's length if it is damaged)
+    compute_s: float
+    n_segments: int
+    damage: str | None = None  # why decoding stopped early, or None: the whole file was read
+
+
+def stream_file(
+    recognizer: Recognizer,
+    path: str,
+    on_segment: Callable[[Segment], None],
+    options: TranscribeOptions = TranscribeOptions(),
+    on_progress: Callable[[float, float], None] | None = None,
+) -> FileResult:
+    """Stream one file through a fresh session; each segment goes to ``on_segment`` the moment it closes.
+
+    Nothing is kept: memory is bounded for any length. Damaged audio (an ``AudioError`` after the file
+    opened) ends the stream where it stopped decoding; the words before it are flushed and handed out,
+    and ``FileResult.damage`` says what happened. ``KeyboardInterrupt`` hands out the words already final
+    (the open segment) before it propagates, so an interrupted run loses only words still in progress.
+    """
+    source = open_audio(path)
+    session = recognizer.session()
+    segmenter = Segmenter()
+    n_segments = 0
+    damage = None
+
+    def emit(segments) -> None:
+        nonlocal n_segments
+        for segment in segments:
+            n_segments += 1
+            on_segment(segment)
+
+    block = max(1, int(options.block_s * SAMPLE_RATE))
+    try:
+        try:
+            for audio in source.iter_blocks(block):
+                event = session.push(audio)
+                if event.final:
+                    emit(segmenter.push(event.final))
+                if on_progress:
+                    on_progress(session.audio_s, source.duration_s)
+        except AudioError as exc:
+            damage = str(exc)
+        emit(segmenter.push(session.flush().final))
+    except KeyboardInterrupt:
+        emit(segmenter.flush())
+        raise
+    emit(segmenter.flush())
+    return FileResult(path=str(path), duration_s=session.audio_s, compute_s=session.compute_s,
+                      n_segments=n_segments, damage=damage)
+
+
 def transcribe_file(
     recognizer: Recognizer,
     path: str,
     options: TranscribeOptions = TranscribeOptions(),
     on_progress: Callable[[float, float], None] | None = None,
-    on_words: Callable[[tuple[Word, ...]], None] | None = None,
 ) -> Transcript:
-    """Stream one file through a fresh session; ``on_progress(audio_done_s, duration_s)`` after each block."""
-    source = open_audio(path)
-    session = recognizer.session()
-    segmenter = Segmenter()
-    segments = []
-    block = max(1, int(options.block_s * SAMPLE_RATE))
-    for audio in source.iter_blocks(block):
-        event = session.push(audio)
-        if event.final:
-            segments.extend(segmenter.push(event.final))
-            if on_words:
-                on_words(event.final)
-        if on_progress:
-            on_progress(session.audio_s, source.duration_s)
-    event = session.flush()
-    segments.extend(segmenter.push(event.final))
-    segments.extend(segmenter.flush())
-    if on_words and event.final:
-        on_words(event.final)
-    return Transcript(path=str(path), duration_s=session.audio_s, segments=tuple(segments), compute_s=session.compute_s)
+    """A whole file's transcript in memory (evaluation, short files); damaged audio raises ``AudioError``."""
+    segments: list[Segment] = []
+    result = stream_file(recognizer, path, segments.append, options, on_progress)
+    if result.damage:
+        raise AudioError(result.damage)
+    return Transcript(path=str(path), duration_s=result.duration_s, segments=tuple(segments), compute_s=result.compute_s)

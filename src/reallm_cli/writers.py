@@ -5,12 +5,13 @@ Two ways to write:
 * ``open_stream_writer`` for live use (``reallm listen --output``): every closed segment is written and
   flushed at once, so a killed process loses at most the words not yet final. srt/vtt numbering
   continues across the session (and across runs with ``append=True``).
-* ``write_transcript`` for whole files (``reallm transcribe --output-dir``): the file is written to a
-  temporary name beside the target and moved into place with ``os.replace``, so a reader never sees
-  half a file.
+* ``DocumentWriter`` for files (``reallm transcribe``): each closed segment is written and flushed to
+  stdout or to ``<name>.<ext>.partial`` at once, which is renamed when the input ends;
+  ``StdoutDocuments`` keeps several inputs apart on one stream. ``write_transcript`` writes a whole
+  ``Transcript`` atomically (a temporary name moved into place).
 
 Formats: ``txt`` one line per segment; ``srt``/``vtt`` one cue per segment; ``json`` one document
-(duration, text, segments with their words, and the flat word list); ``jsonl`` one JSON object per
+(``file``, segments with their words, duration, text; the live writer also a flat word list); ``jsonl`` one JSON object per
 line: ``{"type": "final", ...}`` for words that became final, ``{"type": "partial", ...}`` when the
 in-progress text changed, ``{"type": "segment", ...}`` for each closed segment and a last
 ``{"type": "end", "duration_s": ...}``.
@@ -280,26 +281,99 @@ def open_stream_writer(path: str | Path, fmt: str | None = None, append: bool = 
 # Whole-file writers
 
 
+class DocumentWriter:
+    """One input's transcript written to an open text stream segment by segment, each flushed at once.
+
+    What ``reallm transcribe`` writes, to stdout or to ``<name>.<ext>.partial``: nothing waits for the
+    end of the file except the closing fields of a json document (its duration and text).
+    """
+
+    def __init__(self, out: IO[str], fmt: str, file: str, header: bool = False, separator: str = "") -> None:
+        self.out, self.fmt, self.file = out, resolve_format(None, fmt), file
+        self._index = 0  # srt cue number
+        self._text: list[str] = []  # json only: its "text" field comes last
+        start = separator
+        if header and self.fmt in ("txt", "srt", "vtt"):
+            start += f"==> {file} <==\n"
+        if self.fmt == "vtt":
+            start += "WEBVTT\n\n"
+        elif self.fmt == "json":
+            start += "{" + f'"file": {json.dumps(file, ensure_ascii=False)},\n "segments": ['
+        self._write(start)
+
+    def _write(self, text: str) -> None:
+        if text:
+            self.out.write(text)
+            self.out.flush()
+
+    def _record(self, obj: dict) -> str:
+        return json.dumps({"type": obj.pop("type"), "file": self.file, **obj}, ensure_ascii=False) + "\n"
+
+    def segment(self, segment: Segment) -> None:
+        """A closed segment, written and flushed."""
+        if not segment.words:
+            return
+        self._index += 1
+        if self.fmt == "txt":
+            self._write(segment.text + "\n")
+        elif self.fmt in ("srt", "vtt"):
+            self._write(_cue(self._index, segment, 0.0, "," if self.fmt == "srt" else "."))
+        elif self.fmt == "json":
+            self._text.append(segment.text)
+            sep = ",\n  " if self._index > 1 else "\n  "
+            self._write(sep + json.dumps(segment_dict(segment), ensure_ascii=False))
+        else:
+            # The same lines a live session would have written, minus partials (a file has none left).
+            emit_s = max(w.emit_s for w in segment.words)
+            self._write(self._record({"type": "final", "audio_s": _r(emit_s), "words": [word_dict(w) for w in segment.words]})
+                        + self._record({"type": "segment", **segment_dict(segment)}))
+
+    def end(self, duration_s: float) -> None:
+        """The input ended (or stopped early): close the document."""
+        if self.fmt == "json":
+            self._write(("\n " if self._index else "") + f'],\n "duration_s": {_r(duration_s)},\n '
+                        f'"text": {json.dumps(" ".join(self._text), ensure_ascii=False)}}}')
+            self._text = []
+        elif self.fmt == "jsonl":
+            self._write(self._record({"type": "end", "duration_s": _r(duration_s)}))
+
+
+class StdoutDocuments:
+    """Several inputs' transcripts on one stream, each one separable: a header per file (txt/srt/vtt)
+    when there is more than one, ``file`` in every jsonl record, one json array for many json documents."""
+
+    def __init__(self, out: IO[str], fmt: str, many: bool) -> None:
+        self.out, self.fmt, self.many = out, resolve_format(None, fmt), many
+        self._n = 0
+
+    def open(self, file: str) -> DocumentWriter:
+        first = self._n == 0
+        self._n += 1
+        if self.fmt == "json":
+            sep = ("[\n" if first else ",\n") if self.many else ""
+        else:
+            sep = "\n" if self.fmt == "txt" and not first else ""
+        return DocumentWriter(self.out, self.fmt, file, header=self.many, separator=sep)
+
+    def close(self) -> None:
+        """After the last input: end the json array (or line)."""
+        if self.fmt == "json" and self._n:
+            self.out.write("\n]\n" if self.many else "\n")
+            self.out.flush()
+
+
 def format_transcript(transcript: Transcript, fmt: str) -> str:
-    """The whole transcript as text in one format."""
-    fmt = resolve_format(None, fmt)
-    segments = [s for s in transcript.segments if s.words]
-    if fmt == "txt":
-        return "".join(s.text + "\n" for s in segments)
-    if fmt == "srt":
-        return "".join(_cue(i, s, 0.0, ",") for i, s in enumerate(segments, 1))
-    if fmt == "vtt":
-        return "WEBVTT\n\n" + "".join(_cue(0, s, 0.0, ".") for s in segments)
-    if fmt == "json":
-        return json.dumps(transcript_dict(transcript), ensure_ascii=False, indent=1) + "\n"
-    # jsonl: the same lines a live session would have written, minus partials (a file has none left).
-    lines = []
-    for s in segments:
-        emit_s = max(w.emit_s for w in s.words)
-        lines.append({"type": "final", "audio_s": _r(emit_s), "words": [word_dict(w) for w in s.words]})
-        lines.append({"type": "segment", **segment_dict(s)})
-    lines.append({"type": "end", "duration_s": _r(transcript.duration_s)})
-    return "".join(json.dumps(obj, ensure_ascii=False) + "\n" for obj in lines)
+    """The whole transcript as text in one format (exactly what ``DocumentWriter`` streams)."""
+    import io
+
+    buf = io.StringIO()
+    docs = StdoutDocuments(buf, fmt, many=False)
+    writer = docs.open(transcript.path)
+    for s in transcript.segments:
+        writer.segment(s)
+    writer.end(transcript.duration_s)
+    docs.close()
+    return buf.getvalue()
 
 
 def default_file_mode() -> int:
@@ -346,3 +420,24 @@ def write_transcript(transcript: Transcript, path: str | Path, fmt: str | None =
 def output_path(output_dir: str | Path, audio_path: str | Path, fmt: str) -> Path:
     """Where ``transcribe --output-dir`` puts one format of one input: ``DIR/<stem>.<fmt>``."""
     return Path(output_dir) / f"{Path(audio_path).stem}.{resolve_format(None, fmt)}"
+
+
+def output_paths(output_dir: str | Path, audio_paths: list[str], fmt: str) -> list[Path]:
+    """One output per input, never two the same: ``DIR/<stem>.<fmt>``, or, when two inputs share a stem,
+    every input's folder mirrored under DIR (relative to the folder all inputs share).
+
+    Two inputs that would still collide (one file given twice, ``x.flac`` beside ``x.wav``) are refused
+    here, before any work."""
+    ext = resolve_format(None, fmt)
+    stems = [("stdin" if p == "-" else Path(p).stem) for p in audio_paths]
+    if len(set(stems)) == len(stems):
+        return [Path(output_dir) / f"{stem}.{ext}" for stem in stems]
+    folders = [Path.cwd() if p == "-" else Path(p).resolve().parent for p in audio_paths]
+    common = Path(os.path.commonpath([str(f) for f in folders]))
+    outs = [Path(output_dir) / folder.relative_to(common) / f"{stem}.{ext}" for folder, stem in zip(folders, stems)]
+    seen: dict[Path, str] = {}
+    for src, out in zip(audio_paths, outs):
+        if out in seen:
+            raise ReallmError(f"{seen[out]} and {src} would both be written to {out}; transcribe them into separate --output-dir folders")
+        seen[out] = src
+    return outs

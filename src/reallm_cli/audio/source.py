@@ -88,7 +88,11 @@ class FileSource:
             raise AudioError(f"{self.name}: cannot open audio: {_reason(e)}") from None
 
     def iter_blocks(self, block_samples: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
-        """Yield (block_samples,) float32 mono 16 kHz blocks; only the last may be shorter."""
+        """Yield (block_samples,) float32 mono 16 kHz blocks; only the last may be shorter.
+
+        Damaged data mid-file: every sample that decodes is yielded first, then ``AudioError`` says
+        where decoding stopped, so a caller keeps the transcript of the part before the damage.
+        """
         if block_samples <= 0:
             raise ValueError(f"block_samples must be positive, got {block_samples}")
         # read about one output block's worth of input at a time
@@ -96,12 +100,12 @@ class FileSource:
         resampler = StreamResampler(self.sample_rate_in)
         pending: list[np.ndarray] = []  # resampled samples not yet yielded; under 2 blocks in total
         n_pending = 0
+        damage: str | None = None
+        frames_read = 0
         with self._open() as f:
             while True:
-                try:
-                    x = f.read(read_frames, dtype="float32", always_2d=True)  # (n, channels)
-                except (sf.LibsndfileError, RuntimeError) as e:
-                    raise AudioError(f"{self.name}: error while decoding audio: {_reason(e)}") from None
+                x, damage = (_read(f, read_frames) if damage is None else (np.zeros((0, self.channels_in), np.float32), damage))
+                frames_read += len(x)
                 last = len(x) == 0
                 y = resampler.flush() if last else resampler.push(to_mono(x))
                 if len(y):
@@ -118,7 +122,32 @@ class FileSource:
                         rest = rest[:0]
                     pending, n_pending = ([rest], len(rest)) if len(rest) else ([], 0)
                 if last:
+                    if damage is not None:
+                        at_s = frames_read / self.sample_rate_in
+                        raise AudioError(f"{self.name}: damaged audio, decoding stopped at {at_s:.1f} s "
+                                         f"of {self.duration_s:.1f} s ({damage})")
                     return
+
+
+def _read(f: sf.SoundFile, frames: int) -> tuple[np.ndarray, str | None]:
+    """Up to ``frames`` (n, channels) samples and None, or on damaged data the samples before it and the reason."""
+    pos = f.tell()
+    try:
+        return f.read(frames, dtype="float32", always_2d=True), None
+    except (sf.LibsndfileError, RuntimeError) as e:
+        reason = _reason(e)
+    # The failed read returned nothing; re-read its part in small steps to keep what still decodes.
+    parts = []
+    try:
+        f.seek(pos)
+        while sum(len(p) for p in parts) < frames:
+            part = f.read(min(1024, frames), dtype="float32", always_2d=True)
+            if not len(part):
+                break
+            parts.append(part)
+    except (sf.LibsndfileError, RuntimeError):
+        pass
+    return (np.concatenate(parts) if parts else np.zeros((0, f.channels), np.float32)), reason
 
 
 def _reason(e: BaseException) -> str:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
+
+from reallm_cli.cli.options import ThreadsOpt, set_threads
 
 
 def align_command(
@@ -15,10 +17,10 @@ def align_command(
     teacher: Annotated[Path, typer.Option("--teacher", help="CTC teacher file from `reallm train teacher`.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Alignment file to write (JSON Lines, one line per utterance).", show_default=False)],
     chunk_ms: Annotated[Optional[int], typer.Option("--chunk-ms", help="Chunk of the ReaLLM to train (default: the teacher's).", min=40, show_default=False)] = None,
-    on_error: Annotated[str, typer.Option("--on-error", help="skip: report bad manifest lines and go on; refuse: stop at the first.")] = "skip",
+    on_error: Annotated[Literal["skip", "refuse"], typer.Option("--on-error", help="skip: report bad manifest lines and go on; refuse: stop at the first.")] = "skip",
     max_batch_s: Annotated[float, typer.Option("--max-batch-s", help="Padded seconds of audio per teacher batch.", min=1.0)] = 120.0,
     report_json: Annotated[Optional[Path], typer.Option("--json", help="Also write the alignment report here as JSON.", show_default=False)] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="Torch CPU threads (default: torch's choice).", min=1, max=256, show_default=False)] = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Align every utterance with the teacher; prints the report (emission delay, failed share).
 
@@ -32,8 +34,7 @@ def align_command(
 
     if on_error not in ("skip", "refuse"):
         raise ReallmError(f"--on-error must be skip or refuse, not {on_error!r}")
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     report = align_manifest(teacher, manifest, output, chunk_ms=chunk_ms, on_error=on_error, max_batch_s=max_batch_s)
     print(f"wrote {output}", file=sys.stderr)
     typer.echo(report.summary())

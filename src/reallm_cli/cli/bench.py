@@ -9,21 +9,21 @@ from typing import Annotated, Optional
 
 import typer
 
-from reallm_cli.cli.options import LookaheadMs, Precision
+from reallm_cli.cli.options import LookaheadMs, ModelOpt, Precision, ThreadsOpt, set_threads
 from reallm_cli.errors import ReallmError
 
 
 def bench_command(
     chunk_ms: Annotated[int, typer.Option("--chunk-ms", help="Chunk length in ms (a multiple of the encoder frame: 40 ms for presets, 20 ms for Whisper models).", min=40, max=4000)] = 240,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name or path (default: the embedded model).", show_default=False)] = None,
+    model: ModelOpt = None,
     precision: Precision = "auto",
     lookahead_ms: LookaheadMs = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="Measure a randomly initialised preset instead: paper-80m or small.", show_default=False)] = None,
-    file: Annotated[Optional[str], typer.Option("--file", help="Audio file to stream (default: synthetic audio with no words, so the decoder is nearly idle: pass speech for a realistic figure).", show_default=False)] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", metavar="NAME", help="Measure a randomly initialised preset instead: paper-80m or small.", show_default=False)] = None,
+    file: Annotated[Optional[str], typer.Option("--file", metavar="FILE", help="Audio file to stream (default: synthetic audio with no words, so the decoder is nearly idle: pass speech for a realistic figure).", show_default=False)] = None,
     duration_s: Annotated[float, typer.Option("--duration", help="Seconds of audio to stream (synthetic audio, or the file's first seconds).", min=1, max=36000)] = 60.0,
-    threads: Annotated[int, typer.Option("--threads", help="Torch CPU threads.", min=1, max=256)] = 2,
+    threads: ThreadsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    reference: Annotated[Optional[str], typer.Option("--reference", help="Reference transcript of --file, for WER.", show_default=False)] = None,
+    reference: Annotated[Optional[str], typer.Option("--reference", metavar="TEXT", help="Reference transcript of --file, for WER.", show_default=False)] = None,
     max_pieces: Annotated[Optional[int], typer.Option("--max-pieces", help="Cap on word pieces decoded per chunk (default: the model's). A random preset never says BLANK, so it always decodes this many: a worst case.", min=1, max=64, show_default=False)] = None,
 ) -> None:
     """Measure the real-time factor and per-chunk compute latency (p50/p95/p99) of streaming."""
@@ -36,7 +36,7 @@ def bench_command(
         raise ReallmError("give --model or --preset, not both")
     if preset and lookahead_ms is not None:
         raise ReallmError("--lookahead-ms applies to a trained Whisper-encoder model, not to --preset")
-    torch.set_num_threads(threads)
+    set_threads(threads)
     t0 = time.perf_counter()
     if preset:
         from reallm_cli.model.checkpoint import build_model

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from reallm_cli.cli.options import QuietOpt
 from reallm_cli.errors import ReallmError
 
 
@@ -15,7 +16,7 @@ def download_command(
     url: Annotated[Optional[str], typer.Option("--url", metavar="URL", help="Download this URL instead of a registry model (needs --sha256).", show_default=False)] = None,
     sha256: Annotated[Optional[str], typer.Option("--sha256", metavar="HEX", help="Expected SHA-256 (64 hex digits); the file is refused if it differs.", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE", help="Save here instead of the model cache.", show_default=False)] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Download a model into the cache ($REALLM_HOME/models).
 

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
-from reallm_cli.cli.options import LookaheadMs, Precision
+from reallm_cli.cli.options import LookaheadMs, ModelOpt, Precision, ThreadsOpt, set_threads
 
 
 def eval_command(
     manifest: Annotated[Path, typer.Argument(help="JSON Lines manifest: audio, text (duration optional).", show_default=False)],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name or path (default: the embedded model).", show_default=False)] = None,
+    model: ModelOpt = None,
     precision: Precision = "auto",
     lookahead_ms: LookaheadMs = None,
-    group_by: Annotated[str, typer.Option("--group-by", help="WER per group: dir (first folder of the audio path), id, or none.")] = "dir",
+    group_by: Annotated[Literal["dir", "id", "none"], typer.Option("--group-by", help="WER per group: dir (first folder of the audio path), id, or none.")] = "dir",
     alignments: Annotated[Optional[Path], typer.Option("--alignments", help="Reference word times (JSONL id, words[word, end_s]) for emission delay.", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--json", help="Write the full report (with every hypothesis) here.", show_default=False)] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N utterances.", min=1)] = None,
-    threads: Annotated[int, typer.Option("--threads", help="Torch CPU threads.", min=1, max=256)] = 2,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Evaluate a model on a manifest, streaming every utterance; prints a table."""
     import torch
@@ -35,7 +35,7 @@ def eval_command(
         raise ReallmError(f"--group-by must be dir, id or none, not {group_by!r}")
     if alignments is not None and not alignments.is_file():
         raise ReallmError(f"alignment file not found: {alignments}")
-    torch.set_num_threads(threads)
+    set_threads(threads)
     recognizer = Recognizer.load(model, precision=precision, lookahead_ms=lookahead_ms)
     err = Console(stderr=True)
     with err.status("evaluating") as status:

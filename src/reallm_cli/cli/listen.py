@@ -27,7 +27,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from reallm_cli.cli.options import LookaheadMs, Precision
+from reallm_cli.cli.options import FormatOpt, LookaheadMs, ModelOpt, Precision, QuietOpt
 from reallm_cli.errors import ReallmError
 
 # Test hook: "module:attribute" naming a class with the Recognizer API (``load(model)``, ``session()``),
@@ -66,16 +66,16 @@ def print_devices() -> None:
 
 
 def listen_command(
-    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="NAME|FILE", help="Model name (see `reallm models`) or file; default: the embedded model.", show_default=False)] = None,
+    model: ModelOpt = None,
     precision: Precision = "auto",
     lookahead_ms: LookaheadMs = None,
     device: Annotated[Optional[str], typer.Option("--device", "-d", metavar="NAME|INDEX", help="Input device: index or (part of) its name; default: the system default.", show_default=False)] = None,
     list_devices: Annotated[bool, typer.Option("--list-devices", help="List input devices and exit.")] = False,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE", help="Also write the transcript here as it is recognised (txt, srt, vtt, json, jsonl).", show_default=False)] = None,
-    fmt: Annotated[Optional[str], typer.Option("--format", "-f", metavar="FORMAT", help="Format of --output (default: from its extension).", show_default=False)] = None,
+    fmt: FormatOpt = None,
     append: Annotated[bool, typer.Option("--append", help="Append to --output instead of replacing it (srt/vtt numbering and times continue).")] = False,
     duration: Annotated[Optional[float], typer.Option("--duration", metavar="SECONDS", help="Stop after this many seconds of audio.", show_default=False)] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live view and no summary on stderr.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Transcribe the microphone live until Ctrl-C.
 

@@ -7,16 +7,18 @@ with the same options: rank 0 logs, checkpoints and writes the output.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
+
+from reallm_cli.cli.options import ThreadsOpt, set_threads
 
 train_app = typer.Typer(help="Train a tokenizer, a CTC alignment teacher, or a Speech ReaLLM.", no_args_is_help=True)
 
 ManifestOpt = Annotated[Path, typer.Option("--manifest", help="Training manifest (JSON Lines: audio, text, duration).", show_default=False)]
 TokenizerOpt = Annotated[Path, typer.Option("--tokenizer", help="Tokenizer from `reallm train tokenizer`.", show_default=False)]
-PresetOpt = Annotated[str, typer.Option("--preset", help="Model size: paper-80m, small, or tiny (tests).")]
-OnErrorOpt = Annotated[str, typer.Option("--on-error", help="Bad manifest lines: skip (report with line numbers, go on) or refuse (stop at the first).")]
+PresetOpt = Annotated[str, typer.Option("--preset", metavar="NAME", help="Model size: paper-80m, small, or tiny (tests).")]
+OnErrorOpt = Annotated[Literal["skip", "refuse"], typer.Option("--on-error", help="Bad manifest lines: skip (report with line numbers, go on) or refuse (stop at the first).")]
 StepsOpt = Annotated[int, typer.Option("--steps", help="Optimiser steps.", min=1)]
 MaxBatchOpt = Annotated[float, typer.Option("--max-batch-s", help="Padded seconds of audio per batch and process.", min=0.1)]
 LrOpt = Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW; linear warm-up, cosine decay).", min=0.0)]
@@ -31,7 +33,6 @@ AugmentOpt = Annotated[bool, typer.Option("--augment/--no-augment", help="Speed 
 WorkersOpt = Annotated[int, typer.Option("--workers", help="Data loading worker processes per training process.", min=0)]
 LogEveryOpt = Annotated[int, typer.Option("--log-every", help="Log a line every N steps.", min=1)]
 ProgressOpt = Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal).", show_default=False)]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="Torch CPU threads per process (default: torch's choice).", min=1, max=256, show_default=False)]
 OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="File to write.", show_default=False)]
 
 
@@ -42,10 +43,7 @@ def _options(**kw):
     if kw["on_error"] not in ("skip", "refuse"):
         raise ReallmError(f"--on-error must be skip or refuse, not {kw['on_error']!r}")
     threads = kw.pop("threads")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    set_threads(threads)
     return TrainOptions(**kw)
 
 

@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from reallm_cli.errors import ModelError
+from reallm_cli.weights import verify_model_file
 from reallm_cli.model.reallm import ReaLLM, ReaLLMConfig
 from reallm_cli.tokenizer import Tokenizer, tokenizer_from_bytes
 
@@ -121,6 +122,7 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32,
         raise ModelError(f"corrupt reallm model file {path}: {exc}") from exc
     model = build_model(config)  # a look-ahead that does not fit the encoder is a one-line WhisperConfigError
     try:
+        verify_model_file(path)  # before any weight is read; a mismatch is one line and nothing loads
         state = load_file(str(path))
         model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()})
     except (RuntimeError, SafetensorError) as exc:
