@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 DATA = SHARED / "data"
+RECIPE = REPO / "recipes" / "default"
+# Recipe scripts import their neighbours (common, synth, ...) by name, as they do when run from anywhere.
+if str(RECIPE) not in sys.path:
+    sys.path.insert(0, str(RECIPE))
 
 # Tests run on 2 shared cores; one intra-op thread avoids oversubscription when several run at once.
 torch.set_num_threads(int(os.environ.get("REALLM_TEST_THREADS", "1")))

@@ -32,7 +32,7 @@ SENTENCES = ["the cat sat on the mat", "ask what you can do", "seven green trees
 
 def make_data(folder, texts, voices=("espeak-us",)):
     """A train.jsonl of ``texts`` spoken by ``voices`` in turn, in ``folder``."""
-    from reallm_cli.train.synth import get_voice
+    from synth import get_voice
 
     folder.mkdir()
     with open(folder / "train.jsonl", "w") as f:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from reallm_cli.model.whisper_encoder import WhisperEncoderConfig, WhisperStreamingEncoder
-from reallm_cli.train.encoder_adapt import (distill_loss, encode_full_attention, encode_hidden, make_distill_batch,
+from encoder_adapt import (distill_loss, encode_full_attention, encode_hidden, make_distill_batch,
                                             relative_error, rerun_top)
 from reallm_cli.train.feature_cache import FeatureStore, build_cache, encode_audio
 

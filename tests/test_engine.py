@@ -80,22 +80,6 @@ def test_streaming_equals_offline(recognizer):
     assert tokens == expected
 
 
-def test_frames_made_elsewhere_decode_as_the_audio_does(recognizer):
-    model = recognizer.model
-    audio = synthetic_audio(3.0, seed=5)
-    words, tokens = run(recognizer, audio, [2400] * 30)
-    assert tokens, "the model emitted nothing; the test would prove nothing"
-    mel = whisper_log_mel(audio, floor="running")
-    with torch.no_grad():
-        frames, _ = model.encoder.forward(mel[None], torch.tensor([mel.shape[0]]))  # the parallel pass
-    s = recognizer.session()
-    event = s.decode_frames(frames[0])
-    assert s.tokens == tokens
-    assert list(event.final) == words
-    with pytest.raises(RuntimeError):
-        s.decode_frames(frames[0])
-
-
 def test_token_cap_per_chunk(recognizer):
     _, tokens = run(recognizer, synthetic_audio(3.0), [48000])
     per_chunk = np.bincount([c for _, c in tokens])

@@ -43,7 +43,7 @@ def reallm(*args, env=None, timeout=600):
 
 
 def _write(corpus: Path, name: str, items: list[tuple[tuple[str, ...], str]]) -> Path:
-    from reallm_cli.train.synth import get_voice
+    from synth import get_voice
 
     path = corpus / name
     with open(path, "w") as f:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from reallm_cli.timebase import SAMPLE_RATE
-from reallm_cli.train import synth
+import synth
 
 SR = SAMPLE_RATE
 

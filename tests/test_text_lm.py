@@ -5,7 +5,7 @@ import torch
 
 from reallm_cli.model.decoder import DecoderConfig, LlamaDecoder
 from reallm_cli.model.interleave import build_interleaved
-from reallm_cli.train.text_lm import random_alignment, text_batches, text_lm_loss
+from text_lm import random_alignment, text_batches, text_lm_loss
 
 BLANK = 0
 

@@ -1,4 +1,4 @@
-"""Offline Whisper as a soft-label teacher (train/whisper_teacher.py) and the distillation loss."""
+"""Offline Whisper as a soft-label teacher (recipes/default/whisper_teacher.py) and the distillation loss."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from conftest import tiny_model
 from reallm_cli.train.reallm_loss import reallm_loss
-from reallm_cli.train.whisper_teacher import GAP_S, SoftLabels, WhisperDecoder, pack
+from whisper_teacher import GAP_S, SoftLabels, WhisperDecoder, pack
 
 
 def test_pack_keeps_order_and_fits_each_window():
@@ -109,7 +109,7 @@ def test_offline_tiny_en_teacher_agrees_with_a_real_transcript(shared_data, tmp_
     from reallm_cli.model.whisper_import import convert_installed_whisper, find_installed_whisper
     from reallm_cli.text import normalize_text
     from reallm_cli.tokenizer import whisper_bpe_subset
-    from reallm_cli.train.whisper_teacher import WhisperTeacher, load_whisper_decoder
+    from whisper_teacher import WhisperTeacher, load_whisper_decoder
 
     try:
         paths = find_installed_whisper("tiny.en")

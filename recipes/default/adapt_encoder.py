@@ -31,12 +31,12 @@ from reallm_cli.audio.source import load_audio
 from reallm_cli.model.checkpoint import is_model_file, load_model
 from reallm_cli.model.whisper_encoder import WhisperStreamingEncoder, load_whisper_encoder, save_whisper_encoder
 from reallm_cli.train.batching import DurationBatchSampler
-from reallm_cli.train.encoder_adapt import (distill_loss, encode_full_attention, encode_hidden, make_distill_batch,
-                                            relative_error, rerun_top)
 from reallm_cli.train.feature_cache import FeatureStore, build_cache
 from reallm_cli.train.loop import LoopConfig, run_loop
 
 from common import log, read_jsonl, start_run  # recipes/default/common.py
+from encoder_adapt import (distill_loss, encode_full_attention, encode_hidden, make_distill_batch,
+                           relative_error, rerun_top)  # recipes/default/encoder_adapt.py
 
 
 def distill_subset(entries: list[dict], hours: float) -> list[dict]:

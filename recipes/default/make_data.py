@@ -35,8 +35,9 @@ import soundfile as sf
 
 from reallm_cli.text import normalize_text
 from reallm_cli.timebase import SAMPLE_RATE
-from reallm_cli.train import synth
 from reallm_cli.train.pseudo_label import RAW_LABELS_NAME, assemble_model_dir, label_directory
+
+import synth  # recipes/default/synth.py
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 LJ_TSV = SHARED / "text" / "ljspeech-sentences.tsv"

@@ -9,13 +9,13 @@ Stages (each skipped when its output exists, each resumable after a kill):
   features  encode every training/held-out utterance once with the frozen streaming encoder
   tokenizer SentencePiece on the decoder's text corpus (see lm_texts), with BLANK reserved; with
             --decoder-init, also the Whisper BPE subset (bpe_tokenizer.bin)
-  lm        (with --lm-steps N) the decoder warm-started as a language model on text alone (train/text_lm.py):
+  lm        (with --lm-steps N) the decoder warm-started as a language model on text alone (recipes/default/text_lm.py):
             the training transcripts, every LJ Speech sentence not held out, and the generated short texts
   teacher   CTC head on the cached frames (the alignment teacher)
   align     Viterbi forced alignment -> per-piece chunk indices
   retokenize (with --decoder-init whisper-tiny.en) the alignment moved to Whisper's BPE tokens, byte by byte
   softlabels (with --kd-weight w > 0) offline Whisper tiny.en's distribution at every transcript piece
-            (train/whisper_teacher.py); the reallm stage then trains each piece toward
+            (recipes/default/whisper_teacher.py); the reallm stage then trains each piece toward
             (1 - w) * the piece + w * that distribution (knowledge distillation)
   reallm    projector + decoder trained with cross-entropy on the interleaved sequence
   export    one fp16 safetensors file (encoder + projector + decoder + config + tokenizer)
@@ -51,11 +51,11 @@ from reallm_cli.train.cached_data import make_batch, time_mask
 from reallm_cli.train.ctc_head import CTCHead, ctc_loss
 from reallm_cli.train.feature_cache import FeatureStore, build_cache, encode_audio
 from reallm_cli.train.loop import LoopConfig, run_loop
-from reallm_cli.train.reallm_loss import reallm_loss
-from reallm_cli.train.text_lm import text_batches, text_lm_loss
+from reallm_cli.train.reallm_loss import SoftLabels, reallm_loss
 from reallm_cli.writers import atomic_write_text
 
 from common import log, read_jsonl, start_run, up_to_date  # recipes/default/common.py
+from text_lm import text_batches, text_lm_loss  # recipes/default/text_lm.py
 from make_data import PLAN_SEED, read_lj, short_texts, split_lj  # recipes/default/make_data.py
 
 
@@ -354,7 +354,7 @@ def main() -> None:
         several utterances to one 30 s window; written in parts, so a killed run goes on where it stopped."""
         from reallm_cli.audio.source import load_audio
         from reallm_cli.model.whisper_import import convert_installed_whisper
-        from reallm_cli.train.whisper_teacher import WhisperTeacher, load_whisper_decoder, pack
+        from whisper_teacher import WhisperTeacher, load_whisper_decoder, pack
 
         enc_path = work / "whisper-tiny.en-encoder.safetensors"
         if not enc_path.exists():
@@ -389,7 +389,6 @@ def main() -> None:
         return
     soft = None
     if args.kd_weight > 0:
-        from reallm_cli.train.whisper_teacher import SoftLabels
 
         by_uid = {}
         for part in sorted(soft_dir.glob("part_*.pt")):

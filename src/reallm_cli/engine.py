@@ -131,14 +131,6 @@ class Session:
         return self._finish(torch.cat([p.reshape(1, -1, self._model.encoder.out_dim) for p in parts], 1),
                             self.audio_s)
 
-    def decode_frames(self, frames: torch.Tensor) -> Event:
-        """A whole stream given as encoder frames (T, C) made elsewhere (a feature cache, another encoder)
-        instead of audio: decoded as ``push`` and ``flush`` would, and the session is closed. A model that
-        writes words late needs the frames of that much trailing silence at the end, as ``flush`` adds."""
-        if self._closed:
-            raise RuntimeError("session already flushed")
-        return self._finish(frames, frames.shape[-2] * self._model.encoder.frame_ms / 1000)
-
     def _finish(self, frames: torch.Tensor, audio_s: float) -> Event:
         """Decode the stream's last encoder frames ((1,) T, C), the tail chunk too; every word becomes final."""
         t0 = time.perf_counter()

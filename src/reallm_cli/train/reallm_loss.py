@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
 
 from reallm_cli.model.interleave import IGNORE, assemble_decoder_inputs, build_interleaved, collate_interleaved
 from reallm_cli.model.reallm import ReaLLM
-from reallm_cli.train.whisper_teacher import SoftLabels
+
+
+@dataclass
+class SoftLabels:
+    """A teacher's ``k`` most likely pieces at each transcript piece: our vocabulary's indices and their
+    probabilities (renormalised over the pieces allowed), both (n_pieces, k)."""
+
+    ids: np.ndarray  # int32
+    probs: np.ndarray  # float16
 
 
 def reallm_loss(

@@ -1,4 +1,4 @@
-"""Adapting the top blocks of a chunk-causal Whisper encoder to its mask, by distillation.
+"""Recipe code (adapt_encoder.py): adapting the top blocks of a chunk-causal Whisper encoder to its mask, by distillation.
 
 Whisper was trained with full attention over 30 s; cut into 240 ms chunks that see no future, its
 features drift from what its own layers expect. The fix needs no transcripts: train the top blocks

@@ -1,4 +1,6 @@
-"""Offline Whisper as a soft-label teacher for the ReaLLM decoder (knowledge distillation).
+"""Recipe code (knowledge distillation, tried and not kept in the default model; docs/experiments.md).
+
+Offline Whisper as a soft-label teacher for the ReaLLM decoder (knowledge distillation).
 
 The default model's decoder starts from Whisper tiny.en's decoder and keeps its BPE vocabulary (a subset),
 so the complete offline Whisper tiny.en (its encoder over the whole utterance, its decoder with
@@ -25,6 +27,7 @@ from torch import nn
 
 from reallm_cli.audio.features import whisper_log_mel
 from reallm_cli.errors import ModelError
+from reallm_cli.train.reallm_loss import SoftLabels
 from reallm_cli.model.whisper_import import _dequantize, _layer_weights, read_ct2_variables
 
 WINDOW_SAMPLES = 30 * 16000  # Whisper always encodes a 30 s window
@@ -118,15 +121,6 @@ def load_whisper_decoder(model_bin_paths: list[Path]) -> WhisperDecoder:
         })
     dec.load_state_dict({k: t.float() for k, t in sd.items()})
     return dec.eval()
-
-
-@dataclass
-class SoftLabels:
-    """The teacher's ``k`` most likely pieces at each transcript piece: our vocabulary's indices and their
-    probabilities (renormalised over the pieces allowed), both (n_pieces, k)."""
-
-    ids: np.ndarray  # int32
-    probs: np.ndarray  # float16
 
 
 class WhisperTeacher:
