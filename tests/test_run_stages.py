@@ -32,7 +32,7 @@ SENTENCES = ["the cat sat on the mat", "ask what you can do", "seven green trees
 
 def fake_shared(root):
     """train-real with a manifest, unlabeled-real with one clip, and a label file for that clip."""
-    from reallm_cli.train.synth import get_voice
+    from synth import get_voice
 
     (root / "train-real" / "spk").mkdir(parents=True)
     (root / "unlabeled-real").mkdir()

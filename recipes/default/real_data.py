@@ -31,7 +31,7 @@ import soxr
 from reallm_cli.text import normalize_text
 from reallm_cli.timebase import SAMPLE_RATE
 from reallm_cli.train.augment import add_noise, speed_perturb
-from reallm_cli.train.synth import coloured_noise, reverberate, synthetic_rir
+from synth import coloured_noise, reverberate, synthetic_rir  # recipes/default/synth.py
 
 HERE = Path(__file__).resolve().parent
 SHARED_DATA = HERE.parents[1].parent / "shared" / "data"
