@@ -1,9 +1,10 @@
 """recipes/default/run.sh: the default model's numbered stages, run on a tiny corpus.
 
 A fake ../shared/data (a few espeak-ng sentences as train-real, one clip as unlabeled-real with a label
-file) goes through stages 2-7: augmented data with a right context drawn per copy, features at each
-of those right contexts, teacher and alignment, a few ReaLLM steps and the export with the merge. The
-stages run in two calls, as on two machines, and a stage run again redoes nothing.
+file) goes through stages 2-7: augmented data with a right context drawn per copy, a few synthetic
+utterances beside it, features at each of those right contexts, teacher and alignment, a few ReaLLM
+steps and the export with the merge. The stages run in two calls, as on two machines, and a stage run
+again redoes nothing.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def test_stages_two_to_seven_on_a_tiny_corpus(tmp_path):
     work.mkdir()
     shutil.copy(resolve_model(None), work / "base.safetensors")  # stage 3's output, as BASE=git gives it
     env = dict(os.environ, LABELS=str(labels), TEACHER_STEPS="4", REALLM_STEPS="3", REALLM_WARMUP="1",
-               MAX_FRAMES="600", VOCAB="300", THREADS="1")
+               MAX_FRAMES="600", VOCAB="300", THREADS="1",
+               SYNTH_HOURS="0.004", SYNTH_VOICES="espeak-us,espeak-rp")
     common = ["--work", str(work), "--shared", str(shared)]
     out = run(["--stage", "2", "--stop-stage", "4", *common], env)
     assert "stage 2: data" in out and "stage 4: features" in out and "stage 5" not in out
@@ -77,6 +79,10 @@ def test_stages_two_to_seven_on_a_tiny_corpus(tmp_path):
     assert sf.info(slow["audio"]).samplerate == 16000
     cached = {p.name for p in (work / "train" / "feats").glob("*/train_rc*")}
     assert cached == {f"train_rc{x['right_context_ms']}" for x in lines}  # one cache per drawn right context
+    synthetic = [json.loads(x) for x in (work / "data" / "train_synthetic.jsonl").read_text().splitlines()]
+    assert synthetic and {x["label_source"] for x in synthetic} <= {"synthetic:espeak-us", "synthetic:espeak-rp"}
+    cached = {p.name for p in (work / "train" / "feats").glob("*/train_synthetic_rc*")}
+    assert cached == {f"train_synthetic_rc{x['right_context_ms']}" for x in synthetic}
 
     made = {p: p.stat().st_mtime_ns for p in (work / "data" / "audio").glob("*.flac")}
     out = run(["--stage", "2", "--stop-stage", "2", *common], env)  # a rerun (after a kill) redoes no audio

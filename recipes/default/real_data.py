@@ -64,21 +64,49 @@ def sources(shared: Path = SHARED_DATA, labels: Path = LABELS) -> list[dict]:
     return [s for s in out if s["text"]]
 
 
+def draw_augmentation(rng: np.random.Generator, speed: float = 1.0) -> dict:
+    """One copy's augmentation: its speed, then coloured noise and a room, each with its probability."""
+    aug = {"speed": speed}
+    if rng.random() < P_NOISE:
+        aug["noise_exponent"] = int(rng.integers(0, 3))  # white, pink or brown
+        aug["snr_db"] = round(float(rng.uniform(*SNR_DB)), 1)
+    if rng.random() < P_REVERB:
+        aug["rt60_s"] = round(float(rng.uniform(*RT60_S)), 2)
+    return aug
+
+
 def copies(src: dict, out: Path) -> list[dict]:
     """The augmented copies of one utterance, with every random choice already drawn."""
     jobs = []
     for speed in SPEEDS:
         uid = f"{src['id']}_sp{speed:.1f}"
         rng = np.random.default_rng(seed_of(uid))
-        aug = {"speed": speed}
-        if rng.random() < P_NOISE:
-            aug["noise_exponent"] = int(rng.integers(0, 3))  # white, pink or brown
-            aug["snr_db"] = round(float(rng.uniform(*SNR_DB)), 1)
-        if rng.random() < P_REVERB:
-            aug["rt60_s"] = round(float(rng.uniform(*RT60_S)), 2)
+        aug = draw_augmentation(rng, speed)
         jobs.append(dict(src, id=uid, audio=str(out / "audio" / f"{uid}.flac"), aug=aug,
                          right_context_ms=int(rng.choice(RIGHT_CONTEXTS_MS))))
     return jobs
+
+
+def augment(x: np.ndarray, aug: dict, rng: np.random.Generator) -> np.ndarray:
+    """Apply a drawn augmentation to 16 kHz audio; the result peaks at 0.9."""
+    x = speed_perturb(x, aug["speed"])
+    if "rt60_s" in aug:
+        x = reverberate(x, synthetic_rir(aug["rt60_s"], rng))
+    if "snr_db" in aug:
+        x = add_noise(x, aug["snr_db"], rng, coloured_noise(len(x), aug["noise_exponent"], rng))
+    return x * (0.9 / max(float(np.max(np.abs(x))), 1e-6))
+
+
+def write_flac(path: Path, x: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.flac")
+    sf.write(tmp, x, SAMPLE_RATE, subtype="PCM_16")
+    os.replace(tmp, path)
+
+
+def manifest_line(job: dict, path: Path) -> dict:
+    return {k: job[k] for k in ("id", "audio", "text", "label_source", "aug", "right_context_ms")} | {
+        "duration": round(sf.info(str(path)).duration, 3)}
 
 
 def produce(job: dict) -> dict:
@@ -89,20 +117,8 @@ def produce(job: dict) -> dict:
         x = x.mean(axis=1)
         if sr != SAMPLE_RATE:
             x = soxr.resample(x, sr, SAMPLE_RATE).astype(np.float32)
-        aug, rng = job["aug"], np.random.default_rng(seed_of(job["id"]) + 1)
-        x = speed_perturb(x, aug["speed"])
-        if "rt60_s" in aug:
-            x = reverberate(x, synthetic_rir(aug["rt60_s"], rng))
-        if "snr_db" in aug:
-            x = add_noise(x, aug["snr_db"], rng, coloured_noise(len(x), aug["noise_exponent"], rng))
-        x = x * (0.9 / max(float(np.max(np.abs(x))), 1e-6))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.flac")
-        sf.write(tmp, x, SAMPLE_RATE, subtype="PCM_16")
-        os.replace(tmp, path)
-    duration = sf.info(str(path)).duration
-    return {k: job[k] for k in ("id", "audio", "text", "label_source", "aug", "right_context_ms")} | {
-        "duration": round(duration, 3)}
+        write_flac(path, augment(x, job["aug"], np.random.default_rng(seed_of(job["id"]) + 1)))
+    return manifest_line(job, path)
 
 
 def main() -> int:

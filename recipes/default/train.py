@@ -199,7 +199,9 @@ def main() -> None:
         feat_tag = f"c{args.chunk_ms}_rcmix_hop{encoder.config.step_ms}"
     elif args.right_context_ms:
         feat_tag = f"c{args.chunk_ms}_rc{args.right_context_ms}_hop{encoder.config.step_ms}"
-    sets = {"train": ["train.jsonl"]}  # held-out sets are evaluated from audio, through the engine
+    # every train*.jsonl of --data (real_data.py: train.jsonl, synthetic_data.py: train_synthetic.jsonl);
+    # held-out sets are evaluated from audio, through the engine
+    sets = {"train": sorted(p.name for p in args.data.glob("train*.jsonl")) or ["train.jsonl"]}
     feat_dirs = {name: [work / "feats" / feat_tag / Path(f).stem for f in files] for name, files in sets.items()}
 
     def features():
@@ -324,7 +326,7 @@ def main() -> None:
         log(f"alignment report: {report}")
 
     align_report = work / "align_report.json"  # written last: its presence means the alignments are whole
-    timed("align", align, made=(align_path, align_report), sources=(work / "teacher.pt", tok_path, train_manifest))
+    timed("align", align, made=(align_path, align_report), sources=(work / "teacher.pt", tok_path, *(args.data / f for f in sets["train"])))
     # The decoder's tokenizer: the teacher's SentencePiece, or Whisper's BPE with the alignment moved onto it.
     dec_tok, dec_align_path, dec_token_lists = tok, align_path, token_lists
     if pretrained:
