@@ -613,15 +613,17 @@ class WhisperStreamingEncoder(nn.Module):
         while todo.shape[1] >= step + rc or (complete and todo.shape[1]):
             n = min(step, todo.shape[1])
             h_in = todo[:, :n + rc]
-            for c, block in zip(w.layers, self.blocks):
+            for layer, (c, block) in enumerate(zip(w.layers, self.blocks)):
                 h = block.attn_ln(h_in)
                 k, v = block.attn.keys_values(h)
                 end = c.n_keys + k.shape[2]
                 c.k[:, :, c.n_keys:end] = k
                 c.v[:, :, c.n_keys:end] = v
+                if layer == cfg.n_layers - 1:  # the top layer's right-context outputs are never used
+                    h_in, h = h_in[:, :n], h[:, :n]
                 h_in = block.finish(h_in, h, c.k[:, :, :end], c.v[:, :, :end], None)
                 c.n_keys += n  # the right context's keys are overwritten at the next step
-            outs.append(h_in[:, :n])
+            outs.append(h_in)
             todo = todo[:, n:]
         w.todo = todo
         if not outs:
