@@ -27,8 +27,11 @@ def bench_command(
     max_pieces: Annotated[Optional[int], typer.Option("--max-pieces", help="Cap on word pieces decoded per chunk (default: the model's). A random preset never says BLANK, so it always decodes this many: a worst case.", min=1, max=64, show_default=False)] = None,
     streams: Annotated[int, typer.Option("--streams", help="Live streams served by one process (one model, N sessions fed a --chunk-ms block each in turn): per-stream RTF and chunk p99, and whether the process kept real time.", min=1, max=256)] = 1,
 ) -> None:
-    """Measure what a live user feels: WER, real-time factor, per-chunk compute latency (p50/p95/p99),
-    emission delay, first-word time, model load time and peak RSS, streaming real speech in real-time-sized blocks."""
+    """Measure what a live user feels: WER, real-time factor, chunk latency, emission delay, first word, load, RSS.
+
+    Streams real speech (the shipped jfk sample, or --file) in --chunk-ms blocks, as a microphone delivers
+    it. Emission delay: the stream position after which a word was whole on screen minus its reference end
+    time. With --streams N, N live streams share one model in this process, fed a block each in turn."""
     import torch
 
     from reallm_cli.bench import run_bench, run_streams

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,12 +25,15 @@ def transcribe_command(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace transcripts already in --output-dir (default: skip those inputs, and say so).")] = False,
     block_s: Annotated[float, typer.Option("--block-s", metavar="SECONDS", help="Seconds of audio pushed per step; any value gives the same words.", min=0.01, max=600)] = 8.0,
     quiet: QuietOpt = False,
+    n_jobs: Annotated[int, typer.Option("--jobs", "-j", metavar="N", help="Worker processes transcribing inputs side by side, each with its own model and --threads threads (default per worker: the cores divided among the workers); output stays in input order.", min=1, max=64)] = 1,
 ) -> None:
     """Transcribe audio files, streamed with no end-pointing (bounded memory for any length).
 
     Each segment is written (and flushed) to stdout or to --output-dir as soon as it is final; with
     several inputs every one is marked (a header line, or a "file" field). Progress, warnings and
-    errors go to stderr. Exit status: 0 all done, 1 a file failed or was damaged (its transcript up
+    errors go to stderr. With --jobs N, N worker processes take the inputs in turn; stdout still
+    holds the inputs in the order given (a later input's segments wait until the earlier ones are
+    written), each --output-dir file is written as its segments arrive. Exit status: 0 all done, 1 a file failed or was damaged (its transcript up
     to the damage is kept), 2 a usage error, 130 interrupted (what was written is kept).
     """
     from reallm_cli.engine import Recognizer
@@ -54,6 +58,19 @@ def transcribe_command(
         else:
             jobs.append((path, target))
     if not jobs:
+        return
+    n_jobs = min(n_jobs, len(jobs))
+    if n_jobs > 1:
+        import os
+
+        from reallm_cli.jobs import WorkerConfig
+
+        config = WorkerConfig(model=model, precision=precision, lookahead_ms=lookahead_ms,
+                              threads=threads or max(1, (os.cpu_count() or 1) // n_jobs), block_s=block_s,
+                              parent_pid=os.getpid())
+        failures = _run_parallel(config, n_jobs, jobs, fmt_name, many=len(files) > 1, quiet=quiet)
+        if failures:
+            raise typer.Exit(1)
         return
     set_threads(threads)
     recognizer = Recognizer.load(model, precision=precision, lookahead_ms=lookahead_ms)
@@ -120,6 +137,175 @@ def _run(recognizer, jobs, fmt_name: str, many: bool, block_s: float, quiet: boo
     finally:
         signal.signal(signal.SIGTERM, previous)
     return failures
+
+
+def _run_parallel(config, n_workers: int, jobs, fmt_name: str, many: bool, quiet: bool) -> int:
+    """``_run`` with the inputs spread over ``n_workers`` processes (``reallm_cli.jobs``); returns how many
+    failed. What goes to stdout is replayed in input order; --output-dir files are written as they come."""
+    import multiprocessing as mp
+    import queue
+    import signal
+    import tempfile
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from reallm_cli.jobs import worker_main
+    from reallm_cli.writers import StdoutDocuments
+
+    err = Console(stderr=True)
+    docs = StdoutDocuments(sys.stdout, fmt_name, many)
+    sinks = [_Sink(docs, "-" if path == "-" else path, target, fmt_name) for path, target in jobs]
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
+                        TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), console=err,
+                        disable=quiet or not err.is_terminal, transient=True)
+    stdin_file = None
+    inputs = []
+    for path, _ in jobs:
+        if path == "-":  # a worker cannot read our stdin: it reads a copy
+            data = sys.stdin.buffer.read()
+            fd, stdin_file = tempfile.mkstemp(prefix="reallm-stdin-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            inputs.append((stdin_file, "<stdin>"))
+        else:
+            inputs.append((path, path))
+    ctx = mp.get_context("spawn")  # a clean interpreter: no torch thread pool forked mid-state
+    tasks, results = ctx.Queue(), ctx.Queue()
+    for i, (path, label) in enumerate(inputs):
+        tasks.put((i, path, label))
+    for _ in range(n_workers):
+        tasks.put(None)
+
+    def on_term(signum, frame) -> None:  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    # Workers start with SIGINT ignored (set before the spawn, kept over exec), so a Ctrl-C reaches only
+    # this process, which decides what is kept.
+    previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    workers = [ctx.Process(target=worker_main, args=(w, config, tasks, results), daemon=True) for w in range(n_workers)]
+    try:
+        for p in workers:
+            p.start()
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
+    previous_term = signal.signal(signal.SIGTERM, on_term)
+
+    n = len(jobs)
+    pending: list[list] = [[] for _ in range(n)]  # stdout inputs: messages waiting for the inputs before them
+    state = ["waiting"] * n  # waiting, running, done (started by a worker / ended)
+    on_worker: dict[int, int] = {}  # worker -> input it is transcribing
+    tasks_of: dict[int, int] = {}  # input -> its progress-bar task
+    started_at: dict[int, float] = {}
+    failures = 0
+    ordered = sinks[0].target is None  # --output-dir files are independent: each written as it comes
+    current = 0  # the first stdout input not yet fully written
+    alive = n_workers
+
+    def apply(i: int, msg: tuple) -> None:
+        nonlocal failures
+        kind = msg[0]
+        if kind == "segment":
+            sinks[i].segment(msg[2])
+        elif kind == "progress":
+            sinks[i].audio_s = msg[2]
+        elif kind == "done":
+            sinks[i].finish(msg[2])
+            if msg[3]:
+                failures += 1
+                warn(f"{msg[3]}; the transcript up to there is kept")
+        elif kind == "error":
+            failures += 1
+            sinks[i].abandon()
+            error(msg[2])
+
+    def deliver(i: int, msg: tuple) -> None:
+        """Apply now, or hold until every earlier input is written (stdout: one stream, in input order)."""
+        nonlocal current
+        if not ordered or i == current:
+            apply(i, msg)
+        else:
+            pending[i].append(msg)
+        while ordered and current < n and state[current] == "done":
+            current += 1
+            if current < n:
+                for held in pending[current]:
+                    apply(current, held)
+                pending[current] = []
+
+    def end_input(i: int) -> None:
+        state[i] = "done"
+        on_worker.pop(next((w for w, j in on_worker.items() if j == i), -1), None)
+        if i in tasks_of:
+            progress.remove_task(tasks_of.pop(i))
+
+    try:
+        with progress:
+            while any(s != "done" for s in state):
+                try:
+                    msg = results.get(timeout=0.5)
+                except queue.Empty:
+                    for w, p in enumerate(workers):
+                        if not p.is_alive() and w in on_worker:  # killed mid-input (out of memory, ...)
+                            i = on_worker[w]
+                            msg = ("error", i, f"{jobs[i][0]}: the worker transcribing it died (exit status {p.exitcode})")
+                            end_input(i)
+                            deliver(i, msg)
+                    if not any(p.is_alive() for p in workers) and any(s != "done" for s in state):
+                        raise ReallmError("every worker process ended before the inputs were done")
+                    continue
+                kind = msg[0]
+                if kind == "fatal":
+                    raise ReallmError(msg[2])
+                if kind == "ready":
+                    continue
+                if kind == "start":
+                    w, i = msg[1], msg[2]
+                    on_worker[w] = i
+                    state[i] = "running"
+                    started_at[i] = time.perf_counter()
+                    name = Path(jobs[i][0]).name if jobs[i][0] != "-" else "stdin"
+                    tasks_of[i] = progress.add_task(name, total=None, done="", speed="")
+                    continue
+                i = msg[1]
+                if kind == "progress" and i in tasks_of:
+                    done_s, total_s = msg[2], msg[3]
+                    speed = done_s / max(1e-9, time.perf_counter() - started_at[i])
+                    progress.update(tasks_of[i], total=total_s, completed=done_s,
+                                    done=f"{_clock(done_s)}/{_clock(total_s)}", speed=f"{speed:.1f}x")
+                if kind in ("done", "error"):
+                    end_input(i)
+                deliver(i, msg)
+        docs.close()
+    except KeyboardInterrupt:
+        _stop(workers)
+        kept = []
+        for i in range(n):  # in input order: what arrived is written, what was in progress is closed as it is
+            for held in pending[i]:
+                apply(i, held)
+            pending[i] = []
+            if state[i] == "running":
+                path = sinks[i].interrupted()
+                if path is not None:
+                    kept.append(str(path))
+        docs.close()
+        progress.stop()
+        warn("interrupted" + (f"; the transcript so far is in {', '.join(kept)}" if kept else ""))
+        raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+        _stop(workers)
+        if stdin_file is not None:
+            os.unlink(stdin_file)
+    return failures
+
+
+def _stop(workers) -> None:
+    for p in workers:
+        if p.is_alive():
+            p.terminate()
+    for p in workers:
+        p.join(timeout=5)
 
 
 class _Sink:
