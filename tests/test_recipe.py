@@ -193,7 +193,7 @@ def test_two_processes_train_in_step(corpus, tmp_path):
     import torch.multiprocessing as mp
 
     from reallm_cli.tokenizer import train_tokenizer
-    from reallm_cli.train.teacher import load_teacher
+    from reallm_cli.train.ctc_teacher import load_teacher
     from reallm_cli.train.trainer import weights_digest
 
     manifest = _small_manifest(corpus, tmp_path, 24)

@@ -24,6 +24,7 @@ from reallm_cli.tokenizer import Tokenizer, train_tokenizer
 from reallm_cli.train.audio_data import NO_AUGMENT, AudioDataset, AugmentConfig, Utterance, make_batch_iter
 from reallm_cli.train.batching import DurationBatchSampler
 from reallm_cli.train.checkpoint import CheckpointError
+from reallm_cli.train.ctc_teacher import load_teacher
 from reallm_cli.train.distributed import DistInfo, barrier, init_distributed
 from reallm_cli.train.loop import LoopConfig, load_loop_checkpoint, run_loop
 from reallm_cli.train.manifest import ManifestEntry, ManifestError, read_manifest
@@ -368,8 +369,6 @@ def train_reallm(
     torch.manual_seed(options.seed)
     model = build_model(config)
     if init_encoder is not None:
-        from reallm_cli.train.teacher import load_teacher
-
         teacher, teacher_tok = load_teacher(init_encoder)
         if teacher.config.encoder_kind != config.encoder_kind or teacher.config.encoder != config.encoder:
             raise TrainError(f"{init_encoder}: its encoder is not the {preset!r} preset's; train the teacher with --preset {preset}")
