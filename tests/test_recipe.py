@@ -73,7 +73,7 @@ def corpus(tmp_path_factory) -> Path:
 def test_recipe_end_to_end_through_the_cli(corpus, tmp_path):
     from reallm_cli.model.checkpoint import build_model, load_model, save_model
     from reallm_cli.model.presets import preset_config
-    from reallm_cli.tokenizer import Tokenizer
+    from reallm_cli.tokenizer import SentencePieceTokenizer
     from reallm_cli.train.teacher import teacher_wer
 
     train, heldout = corpus / "train.jsonl", corpus / "heldout.jsonl"
@@ -106,7 +106,7 @@ def test_recipe_end_to_end_through_the_cli(corpus, tmp_path):
     trained = json.loads((tmp_path / "report.json").read_text())
 
     # The same architecture untrained, for the baseline.
-    tokenizer = Tokenizer.load(tok)
+    tokenizer = SentencePieceTokenizer.load(tok)
     torch.manual_seed(0)
     save_model(tmp_path / "untrained.safetensors", build_model(preset_config("tiny", vocab_size=tokenizer.vocab_size)), tokenizer)
     r = reallm("eval", heldout, "--model", tmp_path / "untrained.safetensors", "--json", tmp_path / "untrained.json", "--threads", "1")

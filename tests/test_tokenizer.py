@@ -6,7 +6,14 @@ import pytest
 
 from reallm_cli.errors import ModelError
 from reallm_cli.model.whisper_import import find_installed_whisper
-from reallm_cli.tokenizer import Tokenizer, WhisperBPETokenizer, tokenizer_from_bytes, train_tokenizer, whisper_bpe_subset
+from reallm_cli.tokenizer import (
+    SentencePieceTokenizer,
+    Tokenizer,
+    WhisperBPETokenizer,
+    tokenizer_from_bytes,
+    train_tokenizer,
+    whisper_bpe_subset,
+)
 
 TEXTS = ["and so my fellow americans", "ask not what your country can do for you", "hello world"] * 20
 
@@ -44,7 +51,7 @@ def test_serialised_bytes_rebuild_either_kind(tokenizer_json):
     assert again.encode("hello world") == bpe.encode("hello world")
     sp = train_tokenizer(TEXTS, 40)
     sp_again = tokenizer_from_bytes(sp.model_proto)
-    assert isinstance(sp_again, Tokenizer) and sp_again.encode("hello world") == sp.encode("hello world")
+    assert isinstance(sp_again, SentencePieceTokenizer) and sp_again.encode("hello world") == sp.encode("hello world")
 
 
 def test_a_model_file_carries_a_bpe_tokenizer(tokenizer_json, tmp_path):
@@ -57,3 +64,22 @@ def test_a_model_file_carries_a_bpe_tokenizer(tokenizer_json, tmp_path):
     model, again = load_model(tmp_path / "m.safetensors")
     assert isinstance(again, WhisperBPETokenizer) and again.keep_ids == tok.keep_ids
     assert model.decoder.cfg.vocab_size == again.vocab_size
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "whisper-bpe"])
+def test_both_kinds_keep_the_tokenizer_protocol(kind, request):
+    """What the engine relies on, the same for either kind: BLANK by name and never a word start, decoding
+    skips it, word starts marked, and model_proto rebuilds an equal tokenizer."""
+    if kind == "sentencepiece":
+        tok = train_tokenizer(TEXTS, 40)
+    else:
+        tok = whisper_bpe_subset(request.getfixturevalue("tokenizer_json"), TEXTS)
+    assert isinstance(tok, Tokenizer)
+    ids = tok.encode("ask not what your country can do")
+    assert ids and tok.blank not in ids and max(ids) < tok.vocab_size
+    assert not tok.starts_word(tok.blank) and tok.piece(tok.blank) == "<blank>"
+    assert sum(tok.starts_word(i) for i in ids) == 7 and tok.starts_word(ids[0])
+    assert tok.decode([tok.blank, *ids, tok.blank]).strip() == "ask not what your country can do"
+    again = tokenizer_from_bytes(tok.model_proto)
+    assert type(again) is type(tok) and again.encode("hello world") == tok.encode("hello world")
+

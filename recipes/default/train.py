@@ -45,7 +45,7 @@ from reallm_cli.model.reallm import ReaLLM, ReaLLMConfig
 from reallm_cli.model.whisper_encoder import load_whisper_encoder
 from reallm_cli.model.whisper_import import find_installed_whisper, import_whisper_decoder
 from reallm_cli.text import normalize_text
-from reallm_cli.tokenizer import Tokenizer, tokenizer_from_bytes, train_tokenizer, whisper_bpe_subset
+from reallm_cli.tokenizer import SentencePieceTokenizer, tokenizer_from_bytes, train_tokenizer, whisper_bpe_subset
 from reallm_cli.train.batching import DurationBatchSampler
 from reallm_cli.train.cached_data import make_batch, time_mask
 from reallm_cli.train.ctc_head import CTCHead, ctc_loss
@@ -248,7 +248,7 @@ def main() -> None:
 
     train_manifest = args.data / "train.jsonl"
     timed("tokenizer", tokenizer, made=(tok_path, bpe_path) if pretrained else (tok_path,), sources=(train_manifest,))
-    tok = Tokenizer.load(tok_path)
+    tok = SentencePieceTokenizer.load(tok_path)
     blank = tok.blank
     token_lists = [tok.encode(u.text) for u in train_store.items]
     # a transcript needs at least one frame per piece plus blanks between repeats to be alignable

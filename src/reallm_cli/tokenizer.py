@@ -1,9 +1,9 @@
 """Word-piece tokenizers with the BLANK token Speech ReaLLM needs, always used by name.
 
-Two kinds share one interface (``blank``, ``vocab_size``, ``encode``, ``decode``, ``piece``,
+Two kinds satisfy one ``Tokenizer`` protocol (``blank``, ``vocab_size``, ``encode``, ``decode``, ``piece``,
 ``starts_word``, and ``model_proto``: bytes that ``tokenizer_from_bytes`` turns back into the tokenizer):
 
-- ``Tokenizer``: a SentencePiece model trained here, ``<blank>`` a user-defined symbol;
+- ``SentencePieceTokenizer``: a SentencePiece model trained here, ``<blank>`` a user-defined symbol;
 - ``WhisperBPETokenizer``: a subset of Whisper's byte-level BPE vocabulary (its ``tokenizer.json``, read
   with the ``tokenizers`` library), for a decoder initialised from Whisper's pretrained decoder.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import sentencepiece as spm
 
@@ -25,7 +26,29 @@ class SpecialTokens:
     unk: int
 
 
-class Tokenizer:
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What the engine, the training stages and model files need of a tokenizer."""
+
+    @property
+    def blank(self) -> int: ...  # the id of BLANK ("nothing more until more audio")
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def model_proto(self) -> bytes: ...  # serialised: tokenizer_from_bytes(model_proto) rebuilds it
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...  # BLANK ids are skipped
+
+    def piece(self, token_id: int) -> str: ...
+
+    def starts_word(self, token_id: int) -> bool: ...
+
+
+class SentencePieceTokenizer:
     """Wraps a SentencePiece model whose user-defined symbol ``<blank>`` is Speech ReaLLM's BLANK."""
 
     def __init__(self, model_proto: bytes):
@@ -38,7 +61,7 @@ class Tokenizer:
         self.special = SpecialTokens(blank=blank, unk=self.sp.unk_id())
 
     @classmethod
-    def load(cls, path: str | Path) -> "Tokenizer":
+    def load(cls, path: str | Path) -> "SentencePieceTokenizer":
         return cls(Path(path).read_bytes())
 
     @property
@@ -143,14 +166,14 @@ def whisper_bpe_subset(tokenizer_json: str, texts: list[str]) -> WhisperBPEToken
     return WhisperBPETokenizer(tokenizer_json, [-1] + sorted(used - special))
 
 
-def tokenizer_from_bytes(blob: bytes):
+def tokenizer_from_bytes(blob: bytes) -> Tokenizer:
     """Rebuild either kind of tokenizer from its ``model_proto`` bytes."""
     if blob.startswith(WhisperBPETokenizer.MAGIC):
         return WhisperBPETokenizer.from_bytes(blob)
-    return Tokenizer(blob)
+    return SentencePieceTokenizer(blob)
 
 
-def train_tokenizer(sentences: list[str], vocab_size: int, model_type: str = "unigram") -> Tokenizer:
+def train_tokenizer(sentences: list[str], vocab_size: int, model_type: str = "unigram") -> SentencePieceTokenizer:
     """Train a SentencePiece model in memory on normalised sentences, with BLANK reserved."""
     import io
 
@@ -170,4 +193,4 @@ def train_tokenizer(sentences: list[str], vocab_size: int, model_type: str = "un
         num_threads=1,
         minloglevel=2,
     )
-    return Tokenizer(out.getvalue())
+    return SentencePieceTokenizer(out.getvalue())

@@ -46,7 +46,7 @@ def placeholder_tokenizer(vocab_size: int):
 
     from sentencepiece import sentencepiece_model_pb2 as pb
 
-    from reallm_cli.tokenizer import BLANK_PIECE, Tokenizer
+    from reallm_cli.tokenizer import BLANK_PIECE, SentencePieceTokenizer
 
     m = pb.ModelProto()
     m.trainer_spec.model_type = pb.TrainerSpec.UNIGRAM
@@ -69,4 +69,4 @@ def placeholder_tokenizer(vocab_size: int):
     )
     for i, piece in enumerate(itertools.islice(candidates, vocab_size - len(specials))):
         m.pieces.add(piece=piece, score=-float(i), type=pb.ModelProto.SentencePiece.NORMAL)
-    return Tokenizer(m.SerializeToString())
+    return SentencePieceTokenizer(m.SerializeToString())

@@ -20,7 +20,7 @@ import torch
 from reallm_cli.align.alignment_file import read_alignments
 from reallm_cli.errors import ReallmError
 from reallm_cli.text import normalize_text
-from reallm_cli.tokenizer import Tokenizer, train_tokenizer
+from reallm_cli.tokenizer import SentencePieceTokenizer, Tokenizer, train_tokenizer
 from reallm_cli.train.audio_data import NO_AUGMENT, AudioDataset, AugmentConfig, Utterance, make_batch_iter
 from reallm_cli.train.batching import DurationBatchSampler
 from reallm_cli.train.checkpoint import CheckpointError
@@ -119,7 +119,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     if not path.is_file():
         raise TrainError(f"{path}: no such tokenizer file (make one with `reallm train tokenizer`)")
     try:
-        return Tokenizer.load(path)
+        return SentencePieceTokenizer.load(path)
     except (RuntimeError, ValueError) as exc:
         raise TrainError(f"{path}: not a reallm tokenizer ({str(exc).splitlines()[0]})") from None
 
