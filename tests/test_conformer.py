@@ -139,7 +139,6 @@ def test_bad_input_and_reuse_after_flush_raise():
 def test_paper_preset_is_about_80m_with_its_decoder():
     enc = count_parameters(ConformerEncoder(CONFORMER_PRESETS["paper-80m"]))
     dec = count_parameters(LlamaDecoder(DECODER_PRESETS["paper-80m"]))
-    assert CONFORMER_PRESETS["paper-80m"].n_layers == 20
     assert 75e6 < enc + dec < 85e6
     assert count_parameters(ConformerEncoder(CONFORMER_PRESETS["small"])) < 15e6
 
