@@ -75,24 +75,30 @@ def _score(refs: list[str], hyps: list[str]) -> tuple[float, int, int, int, int]
             out.substitutions, out.deletions, out.insertions)
 
 
-def _matched_delays(ref_words: list[dict], hyp_words, ) -> list[float]:
-    """Emission delays of hypothesis words that match a reference word (by a word-level alignment)."""
-    ref = [normalize_text(w["word"]) for w in ref_words]
-    hyp = [normalize_text(w.text) for w in hyp_words]
-    keep_r = [i for i, r in enumerate(ref) if r]
-    keep_h = [j for j, h in enumerate(hyp) if h]
-    if not keep_r or not keep_h:
+def _matched_delays(ref_words: list[dict], hyp_words) -> list[float]:
+    """Emission delays of hypothesis words that match a reference word (by a word-level alignment). A word
+    that normalises to several ("1990", "twenty-one") is matched through them, and shown when its last one is."""
+    def tokens(words: list[str]) -> tuple[list[str], list[int]]:
+        toks, owner = [], []
+        for i, w in enumerate(words):
+            for t in normalize_text(w).split():
+                toks.append(t)
+                owner.append(i)
+        return toks, owner
+
+    ref, ref_owner = tokens([w["word"] for w in ref_words])
+    hyp, hyp_owner = tokens([w.text for w in hyp_words])
+    if not ref or not hyp:
         return []
-    out = jiwer.process_words(" ".join(ref[i] for i in keep_r), " ".join(hyp[j] for j in keep_h))
-    delays = []
+    out = jiwer.process_words(" ".join(ref), " ".join(hyp))
+    shown: dict[int, float] = {}  # reference word -> when the last hypothesis word matching it was shown
     for chunk in out.alignments[0]:
         if chunk.type != "equal":
             continue
         for k in range(chunk.ref_end_idx - chunk.ref_start_idx):
-            r = ref_words[keep_r[chunk.ref_start_idx + k]]
-            h = hyp_words[keep_h[chunk.hyp_start_idx + k]]
-            delays.append(h.emit_s - float(r["end_s"]))
-    return delays
+            i, j = ref_owner[chunk.ref_start_idx + k], hyp_owner[chunk.hyp_start_idx + k]
+            shown[i] = max(shown.get(i, hyp_words[j].emit_s), hyp_words[j].emit_s)
+    return [shown[i] - float(ref_words[i]["end_s"]) for i in sorted(shown)]
 
 
 def evaluate(
