@@ -78,6 +78,10 @@ class Session:
         self.chunk_compute_s: list[float] = []  # wall time of each chunk's decode (encoder time excluded)
         self._closed = False
         self._lead = self._opts.lead_in_chunks
+        # word times from the encoder's frames (``word_times``), when the model has a word timer
+        timer = recognizer.word_timer
+        self._track = (timer.track(model.frames_per_chunk, self._lead, self._chunk_s / model.frames_per_chunk)
+                       if timer is not None else None)
         if self._lead:
             self._lead_in()
 
@@ -163,6 +167,8 @@ class Session:
         ready, rest = buf[:take], buf[take:]
         self._frames = [rest] if rest.shape[0] else []
         self._n_frames = rest.shape[0]
+        if self._track is not None:
+            self._track.push(ready)
         embeddings = self._model.speech_embeddings(ready[None])[0]  # (n * slots, D)
         words: list[Word] = []
         for emb in embeddings.view(-1, self._model.config.slots_per_chunk, embeddings.shape[-1]):
@@ -200,7 +206,7 @@ class Session:
             self.tokens.append((token, c - self._lead))
             if self._tok.starts_word(token) or self._word is None:
                 if self._word is not None:
-                    words.append(self._finish_word(self._word))
+                    words.append(self._finish_word(self._word, next_pieces=[token]))
                 self._word = _PendingWord([token], c, c)
             else:
                 self._word.pieces.append(token)
@@ -213,7 +219,7 @@ class Session:
         self.chunk_compute_s.append(time.perf_counter() - t0)
         return words
 
-    def _finish_word(self, w: _PendingWord) -> Word:
+    def _finish_word(self, w: _PendingWord, next_pieces: list[int] | None = None) -> Word:
         # The word's whole text is on screen (as partial) once the chunk of its last piece is decoded,
         # which needs audio up to that chunk's end plus the encoder's look-ahead.
         # (a word in the lead-in's last chunk, heard through the look-ahead, starts at 0)
@@ -222,12 +228,15 @@ class Session:
         hop_end = -(-(w.last_chunk + 1) // self._hop) * self._hop  # chunk index just after the hop of the last piece
         shown_s = (hop_end - self._lead) * self._chunk_s + self._delay_s - (self._hop - 1) * self._chunk_s
         end_s = max(w.last_chunk + 1 - self._lead - d, 1) * self._chunk_s
-        return Word(
-            text=self._tok.decode(w.pieces).strip(),
-            start_s=round(max(w.first_chunk - self._lead - d, 0) * self._chunk_s, 3),
-            end_s=round(end_s, 3),
-            emit_s=round(max(shown_s, end_s + self._delay_s), 3),
-        )
+        text = self._tok.decode(w.pieces).strip()
+        emit_s = round(max(shown_s, end_s + self._delay_s), 3)
+        start_s = round(max(w.first_chunk - self._lead - d, 0) * self._chunk_s, 3)
+        if self._track is not None:  # finer times from the frames around the word's chunks
+            fine = self._track.word_times(text, w.first_chunk - d, w.last_chunk - d, upto_chunk=self.chunks_done,
+                                          next_text=self._tok.decode(next_pieces) if next_pieces else "")
+            if fine is not None:
+                return Word(text=text, start_s=fine[0], end_s=fine[1], emit_s=emit_s)
+        return Word(text=text, start_s=start_s, end_s=round(end_s, 3), emit_s=emit_s)
 
 
 class Recognizer:
@@ -235,9 +244,11 @@ class Recognizer:
 
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, model, tokenizer: Tokenizer, options: DecodeOptions | None = None, precision: str = "fp32"):
+    def __init__(self, model, tokenizer: Tokenizer, options: DecodeOptions | None = None, precision: str = "fp32",
+                 word_timer=None):
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.word_timer = word_timer  # a ``word_times.WordTimer`` for finer word times, or None: chunk times
         self.precision = precision  # what the model's linear layers run in (``model.quantize``)
         self._lead_in_embeddings: dict[int, list[torch.Tensor]] = {}  # by lead-in length
         cfg = model.config
@@ -256,9 +267,13 @@ class Recognizer:
         from reallm_cli.weights import resolve_model
 
         precision = resolve_precision(precision)
-        m, tok = load_model(resolve_model(model), lookahead_ms=lookahead_ms)
+        from reallm_cli.word_times import find_word_timer
+
+        path = resolve_model(model)
+        m, tok = load_model(path, lookahead_ms=lookahead_ms)
+        timer = find_word_timer(path, m.encoder)  # before quantisation: it checks the encoder's weights
         apply_precision(m, precision)
-        rec = cls(m, tok, precision=precision)
+        rec = cls(m, tok, precision=precision, word_timer=timer)
         if option_overrides:
             rec.options = replace(rec.options, **option_overrides)
         return rec

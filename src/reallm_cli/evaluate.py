@@ -50,6 +50,10 @@ class EvalReport:
     delay_words: int
     results: tuple[dict, ...] = field(default=(), repr=False)
     precision: str = "fp32"  # what the model's linear layers ran in
+    # median |start error| and |end error| of matched words against reference times that have both
+    word_start_err_p50_s: float | None = None
+    word_end_err_p50_s: float | None = None
+    word_time_words: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -101,6 +105,35 @@ def _matched_delays(ref_words: list[dict], hyp_words) -> list[float]:
     return [shown[i] - float(ref_words[i]["end_s"]) for i in sorted(shown)]
 
 
+def word_time_errors(ref_words: list[dict], hyp_words) -> list[tuple[float, float]]:
+    """(start error, end error) in seconds, hypothesis minus reference, of every hypothesis word that
+    matches a reference word with both times (a word-level alignment of the normalised texts; a word
+    that normalises into several, "1990", matches only whole)."""
+    def spread(texts: list[str]) -> tuple[list[str], list[int]]:
+        words, origin = [], []
+        for i, t in enumerate(texts):
+            parts = normalize_text(t).split()
+            words += parts
+            origin += [i] * len(parts)
+        return words, origin
+
+    ref, r_of = spread([w["word"] for w in ref_words])
+    hyp, h_of = spread([w.text for w in hyp_words])
+    if not ref or not hyp:
+        return []
+    r_n, h_n = np.bincount(r_of), np.bincount(h_of)
+    errors = []
+    for chunk in jiwer.process_words(" ".join(ref), " ".join(hyp)).alignments[0]:
+        if chunk.type != "equal":
+            continue
+        for k in range(chunk.ref_end_idx - chunk.ref_start_idx):
+            i, j = r_of[chunk.ref_start_idx + k], h_of[chunk.hyp_start_idx + k]
+            r, h = ref_words[i], hyp_words[j]
+            if r_n[i] == 1 and h_n[j] == 1 and "start_s" in r and "end_s" in r:
+                errors.append((h.start_s - float(r["start_s"]), h.end_s - float(r["end_s"])))
+    return errors
+
+
 def evaluate(
     recognizer: Recognizer,
     manifest: str | Path,
@@ -121,7 +154,7 @@ def evaluate(
                 ref_align[r["id"]] = r["words"]
     entries = m.entries[:limit] if limit else m.entries
     base = Path(manifest).resolve().parent
-    results, delays = [], []
+    results, delays, time_errors = [], [], []
     audio_s = compute_s = 0.0
     for i, e in enumerate(entries):
         tr = transcribe_file(recognizer, str(e.audio))
@@ -132,6 +165,7 @@ def evaluate(
         compute_s += tr.compute_s
         if e.id in ref_align:
             delays.extend(_matched_delays(ref_align[e.id], words))
+            time_errors.extend(word_time_errors(ref_align[e.id], words))
         row = {"id": e.id, "group": group_of(e, base, group_by), "ref": ref, "hyp": hyp,
                "duration_s": round(tr.duration_s, 3)}
         results.append(row)
@@ -152,4 +186,10 @@ def evaluate(
         delay_p50_s=round(float(np.percentile(delays, 50)), 3) if delays else None,
         delay_p95_s=round(float(np.percentile(delays, 95)), 3) if delays else None,
         delay_words=len(delays), results=tuple(results), precision=recognizer.precision,
+        word_start_err_p50_s=_median_abs([e[0] for e in time_errors]),
+        word_end_err_p50_s=_median_abs([e[1] for e in time_errors]), word_time_words=len(time_errors),
     )
+
+
+def _median_abs(values: list[float]) -> float | None:
+    return round(float(np.median(np.abs(values))), 3) if values else None

@@ -1,0 +1,173 @@
+"""Word times finer than the chunk: the character CTC head's alignment, its file, and the engine using it."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_model
+from reallm_cli.bench import synthetic_audio
+from reallm_cli.engine import DecodeOptions, Recognizer
+from reallm_cli.errors import ModelError
+from reallm_cli.model.presets import placeholder_tokenizer
+from reallm_cli.train.ctc_head import CTCHead
+from reallm_cli.word_times import (BLANK, CHARS, FILE_NAME, SPACE, VOCAB_SIZE, FrameTrack, WordTimer,
+                                   encoder_fingerprint, find_word_timer, text_ids)
+
+ID = {c: i + 1 for i, c in enumerate(CHARS)}
+
+
+def test_text_ids_are_the_spoken_characters():
+    assert text_ids("Cat's") == [ID["c"], ID["a"], ID["t"], ID["'"], ID["s"]]
+    assert text_ids("Mr.") == [ID[c] for c in "mister"]
+    assert text_ids("2") == [ID[c] for c in "two"]
+    assert text_ids("10") == [ID[c] for c in "ten"]
+    assert SPACE in text_ids("twenty-one") or text_ids("21").count(SPACE) == 1
+    assert text_ids("...") == []
+
+
+def constructed(T, spans):
+    """Log-posteriors (T, V): blank everywhere except ``spans``, {(first, end): character}."""
+    p = np.full((T, VOCAB_SIZE), 1e-4)
+    p[:, BLANK] = 1.0
+    for (a, b), c in spans.items():
+        p[a:b] = 1e-4
+        p[a:b, ID[c] if c != " " else SPACE] = 1.0
+    p /= p.sum(1, keepdims=True)
+    return np.log(p).astype(np.float32)
+
+
+class _Timer(WordTimer):
+    """A timer whose log-posteriors are given, not computed by a head."""
+
+    def __init__(self):
+        super().__init__(CTCHead(8, VOCAB_SIZE, hidden=4, dropout=0.0), "x")
+
+
+def test_alignment_finds_the_constructed_frames():
+    # "a" at frames 20-22, then "cat" c 30-32, a 33-35, t 36-39; a 12-frame chunk, a lead-in of one chunk
+    lp = constructed(72, {(20, 23): "a", (26, 27): " ", (30, 33): "c", (33, 36): "a", (36, 40): "t"})
+    track = FrameTrack(_Timer(), frames_per_chunk=12, lead_chunks=1, frame_s=0.02)
+    track._lp = lp
+    assert track.word_times("A", first_chunk=1, last_chunk=1, next_text="c") == (round(8 * 0.02, 3), round(11 * 0.02, 3))
+    # the decoder put "cat" in chunk 2 and 3; its frames say 30..40, i.e. 18..28 after the 12 lead-in frames
+    assert track.word_times("cat", first_chunk=2, last_chunk=3, next_text="") == (0.36, 0.56)
+
+
+def test_alignment_looks_no_further_than_it_is_told():
+    lp = constructed(60, {(10, 13): "h", (13, 16): "i", (40, 44): "h", (44, 46): "i"})
+    track = FrameTrack(_Timer(), frames_per_chunk=12, frame_s=0.02)
+    track._lp = lp
+    assert track.word_times("hi", 0, 0, upto_chunk=1) == (0.2, 0.32)  # the later "hi" is past chunk 1
+
+
+def test_a_word_with_no_letters_or_no_frames_has_no_fine_times():
+    track = FrameTrack(_Timer(), frames_per_chunk=12, frame_s=0.02)
+    track._lp = constructed(24, {})
+    assert track.word_times("...", 0, 1) is None
+    assert track.word_times("abcdefghijklmnopqrstuvwxyz" * 2, 0, 1) is None  # 52 letters, 24 frames
+
+
+def test_the_head_sees_the_frames_the_engine_pushes():
+    timer = WordTimer(CTCHead(16, VOCAB_SIZE, hidden=8, dropout=0.0), "x")
+    track = timer.track(frames_per_chunk=4, frame_s=0.02)
+    frames = torch.randn(10, 16)
+    track.push(frames[:6])
+    track.push(frames[6:])
+    assert track.n_frames == 10
+    np.testing.assert_allclose(track._lp, timer.log_probs(frames), atol=1e-5)
+
+
+# -- the file ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tok = placeholder_tokenizer(64)
+    return tiny_model(tok.vocab_size).eval(), tok
+
+
+def timer_for(model, seed=0):
+    torch.manual_seed(seed)
+    head = CTCHead(model.encoder.out_dim, VOCAB_SIZE, hidden=16, dropout=0.0)
+    for p in head.parameters():  # a confident head: letters somewhere, blank elsewhere
+        p.data.normal_(0, 2.0)
+    return WordTimer(head, encoder_fingerprint(model.encoder), start_offset_s=0.01, end_offset_s=-0.01)
+
+
+def test_the_file_loads_back_as_fp16_with_its_checksum(tiny, tmp_path):
+    model, _ = tiny
+    timer = timer_for(model)
+    path = timer.save(tmp_path / FILE_NAME)
+    assert path.with_name(FILE_NAME + ".sha256").is_file()
+    back = WordTimer.load(path)
+    assert back.fingerprint == timer.fingerprint and back.start_offset_s == 0.01 and back.end_offset_s == -0.01
+    for q in timer.head.parameters():  # the file holds fp16 weights
+        q.data = q.data.half().float()
+    frames = torch.randn(20, model.encoder.out_dim)
+    np.testing.assert_allclose(back.log_probs(frames), timer.log_probs(frames), rtol=1e-5, atol=1e-4)
+    assert find_word_timer(tmp_path / "any-model.safetensors", model.encoder) is not None
+
+
+def test_a_corrupted_word_timer_is_a_one_line_error(tiny, tmp_path):
+    model, _ = tiny
+    path = timer_for(model).save(tmp_path / FILE_NAME)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError) as err:
+        find_word_timer(tmp_path / "m.safetensors", model.encoder)
+    assert "word-timer.safetensors" in str(err.value) and "\n" not in str(err.value)
+    path.write_bytes(b"not a safetensors file")
+    path.with_name(FILE_NAME + ".sha256").unlink()
+    with pytest.raises(ModelError) as err:
+        WordTimer.load(path)
+    assert "word-timer.safetensors" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_another_encoder_or_no_file_keeps_chunk_times(tiny, tmp_path):
+    model, _ = tiny
+    other = tiny_model(64, seed=1)
+    timer_for(other).save(tmp_path / FILE_NAME)
+    assert find_word_timer(tmp_path / "m.safetensors", model.encoder) is None  # trained on other frames
+    assert find_word_timer(tmp_path / "elsewhere" / "m.safetensors", model.encoder) is None  # no file
+
+
+# -- the engine ----------------------------------------------------------------------------------
+
+
+def on_grid(t, chunk=0.24):
+    return abs(t / chunk - round(t / chunk)) < 1e-6
+
+
+def transcribe(model, tok, timer, audio, blocks=None):
+    rec = Recognizer(model, tok, DecodeOptions(max_tokens_per_chunk=3), word_timer=timer)
+    s = rec.session()
+    words, i = [], 0
+    for n in blocks or [len(audio)]:
+        words.extend(s.push(audio[i : i + n]).final)
+        i += n
+    words.extend(s.flush().final)
+    return words
+
+
+def test_engine_words_leave_the_chunk_grid_with_a_timer_only(tiny):
+    model, tok = tiny
+    audio = synthetic_audio(6.0, seed=3)
+    coarse = transcribe(model, tok, None, audio)
+    fine = transcribe(model, tok, timer_for(model), audio)
+    assert coarse and [w.text for w in fine] == [w.text for w in coarse]
+    assert [w.emit_s for w in fine] == [w.emit_s for w in coarse]
+    assert all(on_grid(w.start_s) and on_grid(w.end_s) for w in coarse)
+    assert sum(not on_grid(w.start_s) or not on_grid(w.end_s) for w in fine) >= len(fine) // 2
+    assert all(w.start_s < w.end_s for w in fine)
+    assert all(a.end_s <= b.start_s + 1e-9 for a, b in zip(fine, fine[1:]))  # words do not overlap
+
+
+def test_engine_fine_times_do_not_depend_on_block_sizes(tiny):
+    model, tok = tiny
+    audio = synthetic_audio(5.0, seed=4)
+    timer = timer_for(model)
+    whole = transcribe(model, tok, timer, audio)
+    rng = np.random.default_rng(0)
+    blocks = list(rng.integers(100, 9000, 40))
+    assert transcribe(model, tok, timer, audio, blocks) == whole
