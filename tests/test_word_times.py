@@ -171,3 +171,101 @@ def test_engine_fine_times_do_not_depend_on_block_sizes(tiny):
     rng = np.random.default_rng(0)
     blocks = list(rng.integers(100, 9000, 40))
     assert transcribe(model, tok, timer, audio, blocks) == whole
+
+
+def test_recognizer_load_finds_the_timer_beside_the_model_in_every_precision(tmp_path):
+    from reallm_cli.model.checkpoint import load_model, save_model
+
+    tok = placeholder_tokenizer(64)
+    path = tmp_path / "tiny.safetensors"
+    save_model(path, tiny_model(tok.vocab_size, seed=4), tok)  # one that writes several words
+    assert Recognizer.load(path, precision="fp32").word_timer is None  # no file: chunk times
+    timer_for(load_model(path)[0]).save(tmp_path / FILE_NAME)  # fingerprinted as loaded (fp16 on disk)
+    audio = synthetic_audio(4.0, seed=3)
+    for precision in ("fp32", "int8"):
+        rec = Recognizer.load(path, precision=precision)
+        assert rec.word_timer is not None
+        words = rec.transcribe_array(audio)
+        assert words and not all(on_grid(w.start_s) and on_grid(w.end_s) for w in words)
+
+
+# -- what users get ------------------------------------------------------------------------------
+
+
+def _reallm(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "reallm_cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def timed_model(tmp_path_factory):
+    """A tiny model file with a word timer beside it, and a copy in another folder without one."""
+    from reallm_cli.model.checkpoint import load_model, save_model
+
+    tok = placeholder_tokenizer(64)
+    folder = tmp_path_factory.mktemp("timed")
+    path = folder / "tiny.safetensors"
+    save_model(path, tiny_model(tok.vocab_size, seed=1), tok)  # one that writes many words: several segments
+    timer_for(load_model(path)[0]).save(folder / FILE_NAME)
+    bare = tmp_path_factory.mktemp("bare") / "tiny.safetensors"
+    bare.write_bytes(path.read_bytes())
+    return path, bare
+
+
+@pytest.fixture(scope="module")
+def wav(tmp_path_factory):
+    import wave
+
+    audio = synthetic_audio(6.0, seed=3)
+    path = tmp_path_factory.mktemp("audio") / "speech.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+def _cue_times(text):
+    import re
+
+    return [int(h) * 3600 + int(m) * 60 + int(s) + int(ms) / 1000
+            for h, m, s, ms in re.findall(r"(\d\d):(\d\d):(\d\d)[,.](\d\d\d)", text)]
+
+
+def test_json_srt_vtt_carry_the_finer_times(timed_model, wav):
+    import json
+
+    timed, bare = timed_model
+    fine = json.loads(_reallm("transcribe", wav, "-m", timed, "-f", "json").stdout)
+    coarse = json.loads(_reallm("transcribe", wav, "-m", bare, "-f", "json").stdout)
+    fw = [w for s in fine["segments"] for w in s["words"]]
+    cw = [w for s in coarse["segments"] for w in s["words"]]
+    assert cw and [w["text"] for w in fw] == [w["text"] for w in cw]
+    assert all(on_grid(w["start_s"]) and on_grid(w["end_s"]) for w in cw)
+    assert any(not on_grid(w["start_s"]) or not on_grid(w["end_s"]) for w in fw)
+    for fmt in ("srt", "vtt"):
+        times = _cue_times(_reallm("transcribe", wav, "-m", timed, "-f", fmt).stdout)
+        segs = fine["segments"]
+        assert times and times[0] == pytest.approx(segs[0]["start_s"], abs=1e-3)
+        assert any(not on_grid(t) for t in times)
+        assert all(on_grid(t) for t in _cue_times(_reallm("transcribe", wav, "-m", bare, "-f", fmt).stdout)
+                   if t not in {s["start_s"] + 0.2 for s in coarse["segments"]})
+
+
+def test_a_damaged_word_timer_stops_transcribe_with_one_line(timed_model, wav, tmp_path):
+    timed, _ = timed_model
+    folder = tmp_path / "m"
+    folder.mkdir()
+    model = folder / timed.name
+    model.write_bytes(timed.read_bytes())
+    data = bytearray((timed.parent / FILE_NAME).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (folder / FILE_NAME).write_bytes(bytes(data))
+    (folder / (FILE_NAME + ".sha256")).write_bytes((timed.parent / (FILE_NAME + ".sha256")).read_bytes())
+    r = _reallm("transcribe", wav, "-m", model)
+    assert r.returncode != 0 and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1 and "word-timer.safetensors" in r.stderr, r.stderr

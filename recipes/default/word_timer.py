@@ -110,14 +110,15 @@ def evaluate_head(head, store, items: list, max_frames: int) -> tuple[float, flo
 
 
 def train(args) -> int:
-    from reallm_cli.engine import Recognizer
+    from reallm_cli.model.checkpoint import load_model
     from reallm_cli.train.ctc_head import CTCHead, ctc_loss
+    from reallm_cli.weights import resolve_model
     from reallm_cli.word_times import BLANK, VOCAB_SIZE, WordTimer, encoder_fingerprint
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    rec = Recognizer.load(args.model, precision="fp32")
-    fingerprint = encoder_fingerprint(rec.model.encoder)
+    # the encoder as loaded, before ``apply_precision`` fuses anything: what the engine fingerprints
+    fingerprint = encoder_fingerprint(load_model(resolve_model(args.model))[0].encoder)
     store, items = load_items(args.feats, args.hours, args.seed)
     n_dev = max(1, min(300, len(items) // 50))
     dev, items = items[:n_dev], items[n_dev:]

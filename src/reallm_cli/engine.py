@@ -230,13 +230,12 @@ class Session:
         end_s = max(w.last_chunk + 1 - self._lead - d, 1) * self._chunk_s
         text = self._tok.decode(w.pieces).strip()
         emit_s = round(max(shown_s, end_s + self._delay_s), 3)
-        start_s = round(max(w.first_chunk - self._lead - d, 0) * self._chunk_s, 3)
+        start_s, end_s = round(max(w.first_chunk - self._lead - d, 0) * self._chunk_s, 3), round(end_s, 3)
         if self._track is not None:  # finer times from the frames around the word's chunks
-            fine = self._track.word_times(text, w.first_chunk - d, w.last_chunk - d, upto_chunk=self.chunks_done,
-                                          next_text=self._tok.decode(next_pieces) if next_pieces else "")
-            if fine is not None:
-                return Word(text=text, start_s=fine[0], end_s=fine[1], emit_s=emit_s)
-        return Word(text=text, start_s=start_s, end_s=round(end_s, 3), emit_s=emit_s)
+            start_s, end_s = self._track.word_times(
+                text, w.first_chunk - d, w.last_chunk - d, upto_chunk=self.chunks_done,
+                next_text=self._tok.decode(next_pieces) if next_pieces else "", fallback=(start_s, end_s))
+        return Word(text=text, start_s=start_s, end_s=end_s, emit_s=emit_s)
 
 
 class Recognizer:

@@ -67,12 +67,13 @@ class WordTimer:
     """The CTC head and what its file says about it."""
 
     def __init__(self, head: CTCHead, fingerprint: str, frame_s: float = 0.02, start_offset_s: float = 0.0,
-                 end_offset_s: float = 0.0, extra: dict | None = None):
+                 end_offset_s: float = 0.0, blank_penalty: float = 0.0, extra: dict | None = None):
         self.head = head.eval()
         self.fingerprint = fingerprint
         self.frame_s = frame_s
         self.start_offset_s = start_offset_s  # added to a word's first frame's start (calibration)
         self.end_offset_s = end_offset_s  # added to its last frame's end
+        self.blank_penalty = blank_penalty  # taken off the blank's log-probability when aligning (longer letters)
         self.extra = extra or {}
 
     @property
@@ -101,6 +102,7 @@ class WordTimer:
         meta = {"format": FORMAT, "chars": CHARS, "blank": str(BLANK), "in_dim": str(self.in_dim),
                 "hidden": str(hidden), "frame_s": repr(self.frame_s), "encoder_fingerprint": self.fingerprint,
                 "start_offset_s": repr(self.start_offset_s), "end_offset_s": repr(self.end_offset_s),
+                "blank_penalty": repr(self.blank_penalty),
                 "extra": json.dumps(self.extra)}
         tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in self.head.state_dict().items()}
         tmp = path.with_name(path.name + ".partial")
@@ -130,7 +132,8 @@ class WordTimer:
             head = CTCHead(int(meta["in_dim"]), VOCAB_SIZE, hidden=int(meta["hidden"]), dropout=0.0)
             head.load_state_dict(state)
             return cls(head, meta["encoder_fingerprint"], float(meta["frame_s"]), float(meta["start_offset_s"]),
-                       float(meta["end_offset_s"]), json.loads(meta.get("extra") or "{}"))
+                       float(meta["end_offset_s"]), float(meta.get("blank_penalty", 0.0)),
+                       json.loads(meta.get("extra") or "{}"))
         except (OSError, SafetensorError, RuntimeError, KeyError, ValueError, TypeError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ModelError(f"word-timer file {path} is damaged or not one: {first}") from exc
@@ -160,7 +163,7 @@ class FrameTrack:
         self._lp = np.zeros((0, VOCAB_SIZE), np.float32)
         self._start = 0  # stream frame index of self._lp[0]
         self._prev: tuple[list[int], int] | None = None  # the last word's characters and its first frame
-        self._prev_end = 0  # the last word's end frame (exclusive), words never overlap
+        self._prev_end_s = 0.0  # the last word's end time: words never overlap
 
     @property
     def n_frames(self) -> int:
@@ -170,18 +173,42 @@ class FrameTrack:
         """Encoder frames (t, C), in stream order."""
         if not frames.shape[0]:
             return
-        self._lp = np.concatenate([self._lp, self.timer.log_probs(frames)])
+        lp = self.timer.log_probs(frames)
+        lp[:, BLANK] -= self.timer.blank_penalty
+        self._lp = np.concatenate([self._lp, lp])
         if len(self._lp) > self._keep:
             drop = len(self._lp) - self._keep
             self._lp, self._start = self._lp[drop:], self._start + drop
 
     def word_times(self, text: str, first_chunk: int, last_chunk: int, upto_chunk: int | None = None,
-                   next_text: str = "", margin_chunks: int = 1) -> tuple[float, float] | None:
+                   next_text: str = "", margin_chunks: int = 1,
+                   fallback: tuple[float, float] | None = None) -> tuple[float, float] | None:
         """(start_s, end_s) on the stream's audio clock (lead-in excluded) of the word ``text`` whose
         audio the decoder put in chunks ``first_chunk``..``last_chunk`` (stream chunks, lead-in
         included); frames after chunk ``upto_chunk`` are not looked at, so the answer does not depend
         on how far the encoder has run. ``next_text``: the beginning of the next word, when known.
-        None when the word has no characters to align or its frames are gone."""
+        When the word has no characters to align or its frames are gone: ``fallback`` (its chunk
+        times), moved on so as not to overlap the word before, or None without one."""
+        span = self._word_frames(text, first_chunk, last_chunk, upto_chunk, next_text, margin_chunks)
+        if span is None:
+            self._prev = None
+            if fallback is None:
+                return None
+            start_s = max(fallback[0], self._prev_end_s)
+            return self._finish(start_s, max(fallback[1], start_s + self.frame_s))
+        s, e = span
+        t = self.timer
+        start_s = max((s - self.lead_frames) * self.frame_s + t.start_offset_s, self._prev_end_s, 0.0)
+        return self._finish(start_s, max((e - self.lead_frames) * self.frame_s + t.end_offset_s, start_s + self.frame_s))
+
+    def _finish(self, start_s: float, end_s: float) -> tuple[float, float]:
+        start_s, end_s = round(start_s, 3), round(end_s, 3)
+        self._prev_end_s = end_s
+        return start_s, end_s
+
+    def _word_frames(self, text: str, first_chunk: int, last_chunk: int, upto_chunk: int | None, next_text: str,
+                     margin_chunks: int) -> tuple[int, int] | None:
+        """[first, end) stream frames of the word's characters, or None."""
         ids = text_ids(text)
         if not ids:
             return None
@@ -208,17 +235,8 @@ class FrameTrack:
             before = []
         if span is None:
             return None
-        s, e = span[0] + lo, span[1] + lo
-        s = max(s, min(self._prev_end, e - 1))
-        self._prev, self._prev_end = (ids, s), e
-        t = self.timer
-        start_s = max((s - self.lead_frames) * self.frame_s + t.start_offset_s, 0.0)
-        end_s = max((e - self.lead_frames) * self.frame_s + t.end_offset_s, start_s + self.frame_s)
-        return round(start_s, 3), round(end_s, 3)
-
-    def forget(self) -> None:
-        """The next word has no previous word to align with (e.g. after a word with no times)."""
-        self._prev = None
+        self._prev = (ids, span[0] + lo)
+        return span[0] + lo, span[1] + lo
 
     @staticmethod
     def _align(lp: np.ndarray, labels: Sequence[int], first: int, n: int) -> tuple[int, int] | None:
