@@ -269,3 +269,35 @@ def test_a_damaged_word_timer_stops_transcribe_with_one_line(timed_model, wav, t
     r = _reallm("transcribe", wav, "-m", model)
     assert r.returncode != 0 and r.stdout == ""
     assert len(r.stderr.strip().splitlines()) == 1 and "word-timer.safetensors" in r.stderr, r.stderr
+
+
+def test_the_recipe_trains_a_timer_that_the_engine_loads(tmp_path):
+    """recipes/default/word_timer.py train on a small cache of (random) frames in the feature-cache layout."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import RECIPE
+    from reallm_cli.model.checkpoint import load_model, save_model
+
+    tok = placeholder_tokenizer(64)
+    model_path = tmp_path / "model.safetensors"
+    save_model(model_path, tiny_model(tok.vocab_size), tok)
+    cache = tmp_path / "feats" / "c240_rcmix_hop480" / "train_rc720"
+    cache.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    texts = ["we call it bear", "look at ann's pants", "three two two seven", "he hates shooting"] * 3
+    lens = [int(n) for n in rng.integers(60, 120, len(texts))]
+    np.save(cache / "shard_00000.npy", rng.standard_normal((sum(lens), 64)).astype(np.float16))
+    offsets = np.cumsum([0] + lens[:-1])
+    (cache / "shard_00000.jsonl").write_text("".join(json.dumps(
+        {"id": f"u{i}", "text": t, "duration": n * 0.02, "offset": int(o), "n_frames": n}) + "\n"
+        for i, (t, n, o) in enumerate(zip(texts, lens, offsets))))
+    out = tmp_path / "word-timer.safetensors"
+    r = subprocess.run([sys.executable, str(RECIPE / "word_timer.py"), "train", "--feats", str(cache.parent),
+                        "--model", str(model_path), "--out", str(out), "--steps", "3", "--hidden", "8",
+                        "--log-every", "3"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "step 3/3" in r.stdout and out.is_file() and (tmp_path / (FILE_NAME + ".sha256")).is_file()
+    timer = find_word_timer(model_path, load_model(model_path)[0].encoder)
+    assert timer is not None and timer.extra["train_utterances"] == len(texts) - 1  # one held out

@@ -19,10 +19,12 @@
 #   6  reallm     projector + decoder fine-tuned on the interleaved sequence                      (25 min)
 #   7  export     fp16 model file; with MERGE=1 the mean of it and the base (recipes' average.py)
 #   8  evaluate   compare.py: the three dev sets beside offline Whisper tiny.en and base         (15 min)
+#   9  word timer a character CTC head over stage 4's frames, for word times finer than the chunk:
+#                 word-timer.safetensors beside the model, offsets from dev-commonvoice (word_timer.py) (20 min)
 set -euo pipefail
 RECIPE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$RECIPE/../.." && pwd)
-stage=0 stop_stage=8 WORK=${WORK:-$REPO/runs/default} SHARED=${SHARED:-$REPO/../shared/data}
+stage=0 stop_stage=9 WORK=${WORK:-$REPO/runs/default} SHARED=${SHARED:-$REPO/../shared/data}
 while [ $# -gt 0 ]; do
     case $1 in
         --stage) stage=$2; shift 2 ;;
@@ -97,5 +99,11 @@ if run 8; then
     stamp "8: evaluate"
     python "$RECIPE/compare.py" --out "$WORK/compare" --shared "$SHARED" --peers --model "$WORK/model.safetensors" \
         --name model --lookahead-ms 480,720,960 --threads "$THREADS"
+fi
+if run 9; then
+    stamp "9: word timer"
+    [ -f "$WORK/word-timer.safetensors" ] || python "$RECIPE/word_timer.py" train --feats "$WORK"/train/feats/*_rcmix_* \
+        --model "$WORK/model.safetensors" --out "$WORK/word-timer.safetensors" --calibrate dev-commonvoice \
+        --shared "$SHARED" --threads "$THREADS"
 fi
 stamp done
