@@ -67,13 +67,15 @@ class WordTimer:
     """The CTC head and what its file says about it."""
 
     def __init__(self, head: CTCHead, fingerprint: str, frame_s: float = 0.02, start_offset_s: float = 0.0,
-                 end_offset_s: float = 0.0, blank_penalty: float = 0.0, extra: dict | None = None):
+                 end_offset_s: float = 0.0, blank_penalty: float = 0.0, join_gap_s: float = 0.0,
+                 extra: dict | None = None):
         self.head = head.eval()
         self.fingerprint = fingerprint
         self.frame_s = frame_s
         self.start_offset_s = start_offset_s  # added to a word's first frame's start (calibration)
         self.end_offset_s = end_offset_s  # added to its last frame's end
         self.blank_penalty = blank_penalty  # taken off the blank's log-probability when aligning (longer letters)
+        self.join_gap_s = join_gap_s  # a word that starts less than this after the word before starts where it ends
         self.extra = extra or {}
 
     @property
@@ -102,7 +104,7 @@ class WordTimer:
         meta = {"format": FORMAT, "chars": CHARS, "blank": str(BLANK), "in_dim": str(self.in_dim),
                 "hidden": str(hidden), "frame_s": repr(self.frame_s), "encoder_fingerprint": self.fingerprint,
                 "start_offset_s": repr(self.start_offset_s), "end_offset_s": repr(self.end_offset_s),
-                "blank_penalty": repr(self.blank_penalty),
+                "blank_penalty": repr(self.blank_penalty), "join_gap_s": repr(self.join_gap_s),
                 "extra": json.dumps(self.extra)}
         tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in self.head.state_dict().items()}
         tmp = path.with_name(path.name + ".partial")
@@ -133,6 +135,7 @@ class WordTimer:
             head.load_state_dict(state)
             return cls(head, meta["encoder_fingerprint"], float(meta["frame_s"]), float(meta["start_offset_s"]),
                        float(meta["end_offset_s"]), float(meta.get("blank_penalty", 0.0)),
+                       float(meta.get("join_gap_s", 0.0)),
                        json.loads(meta.get("extra") or "{}"))
         except (OSError, SafetensorError, RuntimeError, KeyError, ValueError, TypeError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -164,6 +167,8 @@ class FrameTrack:
         self._start = 0  # stream frame index of self._lp[0]
         self._prev: tuple[list[int], int] | None = None  # the last word's characters and its first frame
         self._prev_end_s = 0.0  # the last word's end time: words never overlap
+        self._words = 0  # words timed so far
+        self.tail_chunks = 1  # chunks looked at after a word that no next word follows yet
 
     @property
     def n_frames(self) -> int:
@@ -199,11 +204,14 @@ class FrameTrack:
         s, e = span
         t = self.timer
         start_s = max((s - self.lead_frames) * self.frame_s + t.start_offset_s, self._prev_end_s, 0.0)
+        if self._words and start_s - self._prev_end_s < t.join_gap_s:  # a short gap joins the word before
+            start_s = self._prev_end_s
         return self._finish(start_s, max((e - self.lead_frames) * self.frame_s + t.end_offset_s, start_s + self.frame_s))
 
     def _finish(self, start_s: float, end_s: float) -> tuple[float, float]:
         start_s, end_s = round(start_s, 3), round(end_s, 3)
         self._prev_end_s = end_s
+        self._words += 1
         return start_s, end_s
 
     def _word_frames(self, text: str, first_chunk: int, last_chunk: int, upto_chunk: int | None, next_text: str,
@@ -213,7 +221,7 @@ class FrameTrack:
         if not ids:
             return None
         k = self.k
-        hi = (last_chunk + 1 + margin_chunks) * k
+        hi = (last_chunk + 1 + (margin_chunks if next_text else self.tail_chunks)) * k
         if upto_chunk is not None:
             hi = min(hi, (upto_chunk + 1) * k)
         hi = min(hi, self.n_frames)
