@@ -301,3 +301,39 @@ def test_the_recipe_trains_a_timer_that_the_engine_loads(tmp_path):
     assert "step 3/3" in r.stdout and out.is_file() and (tmp_path / (FILE_NAME + ".sha256")).is_file()
     timer = find_word_timer(model_path, load_model(model_path)[0].encoder)
     assert timer is not None and timer.extra["train_utterances"] == len(texts) - 1  # one held out
+
+
+def test_the_shipped_timer_times_jfk_within_the_goal(shared_data):
+    """The embedded model finds weights/word-timer.safetensors beside it; on jfk.flac its words' starts
+    and ends are off the chunk grid and near offline Whisper base's word times (the dev-real reference)."""
+    import json
+
+    from conftest import RECIPE
+    from reallm_cli.evaluate import word_time_errors
+    from reallm_cli.transcribe import transcribe_file
+
+    rec = Recognizer.load(None, precision="fp32")
+    assert rec.word_timer is not None
+    refs = {}
+    for line in (RECIPE / "ref_word_times" / "dev-real.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        refs[r["id"]] = r["words"]
+    words = transcribe_file(rec, str(shared_data / "dev-real" / "jfk.flac")).words
+    err = np.abs(np.array(word_time_errors(refs["jfk"][1:], words)))  # its first word: see word_timer.py
+    assert len(err) >= 15
+    assert np.median(err[:, 0]) <= 0.08 and np.median(err[:, 1]) <= 0.08, np.median(err, 0)
+    assert sum(not on_grid(w.start_s) for w in words) >= len(words) // 2
+
+
+def test_word_time_errors_pair_words_by_their_spoken_form():
+    from reallm_cli.evaluate import word_time_errors
+    from reallm_cli.results import Word
+
+    ref = [{"word": "Hello,", "start_s": 0.1, "end_s": 0.5}, {"word": "1990", "start_s": 0.5, "end_s": 1.2},
+           {"word": "world.", "start_s": 1.2, "end_s": 1.6}, {"word": "bye", "end_s": 2.0}]
+    hyp = [Word("hello", 0.14, 0.44, 0.7), Word("nineteen", 0.5, 0.8, 1.0), Word("ninety", 0.8, 1.2, 1.4),
+           Word("word", 1.2, 1.6, 1.9), Word("bye", 1.7, 2.0, 2.2)]
+    got = word_time_errors(ref, hyp)  # "1990" is two words spoken: no pair; "word" is not "world"; no start for "bye"
+    assert got == [pytest.approx((0.04, -0.06))]
+    hyp[3] = Word("World", 1.22, 1.5, 1.9)
+    assert word_time_errors(ref, hyp) == [pytest.approx((0.04, -0.06)), pytest.approx((0.02, -0.1))]

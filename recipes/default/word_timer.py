@@ -158,7 +158,7 @@ def train(args) -> int:
     extra = {"train_utterances": len(items), "train_hours": round(sum(store.items[i].n_frames for i, _ in items)
              * 0.02 / 3600, 2), "steps": steps, "hidden": args.hidden,
              "feats": [str(f) for f in args.feats], "seconds": round(time.perf_counter() - t0)}
-    timer = WordTimer(head, fingerprint, extra=extra)
+    timer = WordTimer(head, fingerprint, join_gap_s=args.join_gap, extra=extra)
     if args.calibrate:
         timer = calibrate(timer, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -209,7 +209,10 @@ def summary(err: np.ndarray) -> dict:
 
 
 def calibrate(timer, args):
-    """Store the median start and end bias on ``args.calibrate`` (a dev set) as the timer's offsets."""
+    """Store the median start and end bias on ``args.calibrate`` (a dev set; each utterance's first word
+    left out) as the timer's offsets, measured with no offsets and no joining of short gaps."""
+    join, timer.join_gap_s = timer.join_gap_s, 0.0
+    timer.start_offset_s = timer.end_offset_s = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         path = timer.save(Path(tmp) / "word-timer.safetensors")
         err = run_set(args.model, path, args.shared, args.calibrate, args.threads)["not-first"]
@@ -217,6 +220,7 @@ def calibrate(timer, args):
     log(f"calibration on {args.calibrate}: {s}")
     timer.start_offset_s = round(-s["start_bias_ms"] / 1000, 3)
     timer.end_offset_s = round(-s["end_bias_ms"] / 1000, 3)
+    timer.join_gap_s = join
     timer.extra["calibrated_on"] = args.calibrate
     return timer
 
@@ -251,6 +255,8 @@ def main() -> int:
     t.add_argument("--steps", type=int, default=0, help="instead of --epochs")
     t.add_argument("--max-frames", type=int, default=12000, help="padded frames per batch")
     t.add_argument("--log-every", type=int, default=200)
+    t.add_argument("--join-gap", type=float, default=0.2, help="a word starting less than this many seconds "
+                   "after the word before starts where it ends")
     t.add_argument("--calibrate", default="", help="a dev set whose median biases become the offsets")
     t.add_argument("--seed", type=int, default=0)
     m = sub.add_parser("measure", help="median absolute word start/end errors on the dev sets")
