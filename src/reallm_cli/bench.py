@@ -266,22 +266,31 @@ def run_streams(
     """``n_streams`` sessions of one recognizer, fed one block each in turn (a round per block).
 
     Stream k hears ``audio`` rotated by k/n of its length, so the streams' words do not fall in the same
-    chunks. A round's block arrives at the end of its ``block_ms``; in a real-time schedule a round starts
-    when its block has arrived and the previous round has ended, and the lag is the time from the block's
-    arrival to the round's end. The process kept real time if no lag exceeded two blocks."""
+    chunks, and starts ``k mod h`` rounds late, h the encoder's hop in blocks, so that streams begun at
+    random moments are mimicked: their encoder hops do not all fall in the same round.
+
+    A round's block arrives at the end of its ``block_ms``; in a real-time schedule a round starts when its
+    block has arrived and the previous round has ended, and the lag is the time from the block's arrival to
+    the round's end. The process kept real time if no lag exceeded two blocks."""
     block_ms = block_ms or recognizer.model.chunk_ms
     block = SAMPLE_RATE * block_ms // 1000
     block_s = block_ms / 1000
     _warm_up(recognizer, audio, block, warmup_s)
     sessions = [recognizer.session() for _ in range(n_streams)]
     feeds = [np.roll(audio, -(k * len(audio)) // n_streams) for k in range(n_streams)]
+    hop_blocks = max(1, round(recognizer.model.chunk_ms * recognizer.model.encoder.hop_chunks / block_ms))
+    late = [k % hop_blocks for k in range(n_streams)]
+    n_blocks = -(-len(audio) // block)
     pushes: list[list[float]] = [[] for _ in range(n_streams)]
     n_words = [0] * n_streams
     rounds: list[float] = []
     done_at = lag_max = 0.0
-    for r, i in enumerate(range(0, len(audio), block)):
+    for r in range(n_blocks + max(late)):
         round_s = 0.0
         for k, session in enumerate(sessions):
+            if not 0 <= r - late[k] < n_blocks:
+                continue
+            i = (r - late[k]) * block
             t0 = time.perf_counter()
             event = session.push(feeds[k][i : i + block])
             dt = time.perf_counter() - t0
