@@ -14,6 +14,7 @@ import numpy as np
 
 from reallm_cli.errors import ModelError
 from reallm_cli.results import Event, Word
+from reallm_cli.stats import SessionStats
 
 SAMPLE_RATE = 16_000
 CHUNK_SAMPLES = 3840  # 240 ms
@@ -28,7 +29,7 @@ class LevelSession:
         self._run_end = 0.0
         self._n_words = 0
         self._samples = 0
-        self.compute_s = 0.0
+        self.stats = SessionStats()
 
     @property
     def audio_s(self) -> float:
@@ -61,7 +62,7 @@ class LevelSession:
         while len(self._buf) >= CHUNK_SAMPLES:
             final += self._chunk(self._buf[:CHUNK_SAMPLES])
             self._buf = self._buf[CHUNK_SAMPLES:]
-        self.compute_s += time.perf_counter() - t0
+        self.stats.compute_s += time.perf_counter() - t0
         partial = f"speech{self._n_words}" if self._run_start is not None else ""
         return Event(final=tuple(final), partial=partial, audio_s=self.audio_s)
 
@@ -94,7 +95,7 @@ class ScriptedSession:
         self._todo = list(words)
         self.delay_s = delay_s
         self._samples = 0
-        self.compute_s = 0.0
+        self.stats = SessionStats()
 
     @property
     def audio_s(self) -> float:
@@ -109,7 +110,7 @@ class ScriptedSession:
 
     def push(self, audio: np.ndarray) -> Event:
         self._samples += len(audio)
-        self.compute_s += 0.25 * len(audio) / SAMPLE_RATE  # pretend: RTF 0.25
+        self.stats.compute_s += 0.25 * len(audio) / SAMPLE_RATE  # pretend: RTF 0.25
         final = self._due(self.audio_s)
         partial = self._todo[0].text if self._todo and self._todo[0].start_s <= self.audio_s else ""
         return Event(final=final, partial=partial, audio_s=self.audio_s)

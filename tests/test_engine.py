@@ -20,14 +20,17 @@ def recognizer(request):
 
 
 def run(recognizer, audio, blocks):
-    s = recognizer.session()
+    """Words and (piece, chunk) of every piece, pushing ``audio`` in ``blocks`` (the rest in one)."""
+    pieces = []
+    s = recognizer.session(on_piece=lambda p, c: pieces.append((p, c)))
     words, i = [], 0
     for n in blocks:
         words.extend(s.push(audio[i : i + n]).final)
         i += n
     words.extend(s.push(audio[i:]).final)
     words.extend(s.flush().final)
-    return words, s.tokens
+    assert s.stats.pieces == len(pieces) and s.stats.words == len(words)
+    return words, pieces
 
 
 def test_random_block_sizes_give_the_same_words(recognizer):
@@ -139,8 +142,8 @@ def test_a_late_writing_model_gets_trailing_silence_and_earlier_word_times(recog
     # the same pending word (first chunk 4, last chunk 6) finished by both: dated one chunk earlier, shown as late
     from reallm_cli.engine import _PendingWord
 
-    late = rec.session()._finish_word(_PendingWord([1], 4, 6))
-    plain = recognizer.session()._finish_word(_PendingWord([1], 4, 6))
+    late = rec.session().emission.finish_word(_PendingWord([1], 4, 6))
+    plain = recognizer.session().emission.finish_word(_PendingWord([1], 4, 6))
     chunk_s = recognizer.model.chunk_ms / 1000
     assert (late.start_s, late.end_s) == (round(plain.start_s - chunk_s, 3), round(plain.end_s - chunk_s, 3))
     assert late.emit_s == plain.emit_s
@@ -156,15 +159,16 @@ def test_the_decoder_context_restarts_with_the_lead_in_and_the_last_chunks(recog
     restarting = offline_greedy(rec.model, rec.tokenizer, padded, 3, lead, context_chunks, carry)
     expected = [(t, c - lead) for t, c in restarting if c >= lead]
     assert expected, "the model emitted nothing; the test would prove nothing"
-    s = rec.session()
+    pieces = []
+    s = rec.session(on_piece=lambda p, c: pieces.append((p, c)))
     for i in range(0, len(audio), 3000):
         s.push(audio[i : i + 3000])
     s.flush()
-    assert s.restarts >= 3  # 17 chunks + lead-in through a context of 5
-    assert [x for x in s.tokens if x[1] >= 0] == expected
+    assert s.stats.restarts >= 3  # 17 chunks + lead-in through a context of 5
+    assert [x for x in pieces if x[1] >= 0] == expected
     slots = rec.model.config.slots_per_chunk
-    assert s._kv.pos <= context_chunks * (slots + 3)  # the cache holds one context, not the whole stream
-    assert s._kv.pos < s.chunks_done * slots
+    assert s.decoder.kv.pos <= context_chunks * (slots + 3)  # the cache holds one context, not the whole stream
+    assert s.decoder.kv.pos < s.chunks_done * slots
 
 
 def test_a_context_restarts_without_a_lead_in_too(recognizer):
@@ -172,10 +176,11 @@ def test_a_context_restarts_without_a_lead_in_too(recognizer):
     rec = Recognizer(recognizer.model, recognizer.tokenizer, opts)
     audio = synthetic_audio(3.0, seed=5)
     expected = offline_greedy(rec.model, rec.tokenizer, audio, 3, 0, 4, 1)
-    s = rec.session()
+    pieces = []
+    s = rec.session(on_piece=lambda p, c: pieces.append((p, c)))
     s.push(audio)
     s.flush()
-    assert s.restarts >= 2 and s.tokens == expected
+    assert s.stats.restarts >= 2 and pieces == expected
 
 
 def test_a_restarted_context_must_be_shorter_than_the_limit(recognizer):
@@ -184,3 +189,4 @@ def test_a_restarted_context_must_be_shorter_than_the_limit(recognizer):
     with pytest.raises(ValueError):
         Recognizer(recognizer.model, recognizer.tokenizer, DecodeOptions(lead_in_chunks=2, context_chunks=4,
                                                                           carry_chunks=2)).session()
+

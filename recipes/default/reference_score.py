@@ -110,12 +110,13 @@ def main() -> int:
             counts["skipped"] += 1
             print(f"{e.id}: skipped, longer than the decoder's context ({max_s:.1f} s)")
             continue
-        session = rec.session()
+        pieces: list[tuple[int, int]] = []  # (piece, chunk after the lead-in) of each piece the session wrote
+        session = rec.session(on_piece=lambda p, c: pieces.append((p, c)))
         session.push(audio)
         session.flush()
         frames = encode_audio(model.encoder, np.concatenate([head, audio, tail])).float()
         n_chunks = int(model.chunk_lengths(torch.tensor([frames.shape[0]]))[0])
-        tokens = [(p, min(c + lead, n_chunks - 1)) for p, c in session.tokens]
+        tokens = [(p, min(c + lead, n_chunks - 1)) for p, c in pieces]
         words = output_words(tokens, tok)
         ref = normalize_text(e.text).split()
         ref_pieces, ref_chunks = place_reference(ref, words, tok, n_chunks - 1)

@@ -30,6 +30,7 @@ import torch
 from reallm_cli.engine import Recognizer
 from reallm_cli.model.quantize import parameter_count
 from reallm_cli.results import Event, Word
+from reallm_cli.stats import Reservoir
 from reallm_cli.timebase import SAMPLE_RATE
 
 
@@ -189,8 +190,8 @@ def _warm_up(recognizer: Recognizer, audio: np.ndarray, block: int, warmup_s: fl
     warm.flush()
 
 
-def _pct(values_ms: list[float] | np.ndarray, q: float) -> float:
-    return round(float(np.percentile(values_ms, q)), 2) if len(values_ms) else 0.0
+def _pct_ms(times_s: Reservoir, q: float) -> float:
+    return round(times_s.percentile(q) * 1000, 2)
 
 
 def run_bench(
@@ -211,15 +212,15 @@ def run_bench(
 
     session = recognizer.session()
     clock = _EmissionClock()
-    push_s: list[float] = []
+    push_s = Reservoir()  # exact percentiles up to its capacity of pushes (16 min of 240 ms blocks)
     for i in range(0, len(audio), block):
         t0 = time.perf_counter()
         event = session.push(audio[i : i + block])
-        push_s.append(time.perf_counter() - t0)
+        push_s.add(time.perf_counter() - t0)
         clock.event(event)
     clock.event(session.flush())
     words = clock.words
-    lat = np.array(push_s) * 1000
+    stats = session.stats
     audio_s = len(audio) / SAMPLE_RATE
     wer = delays = None
     if reference is not None:
@@ -231,15 +232,15 @@ def run_bench(
         chunk_ms=block_ms,
         threads=torch.get_num_threads(),
         audio_s=round(audio_s, 3),
-        compute_s=round(session.compute_s, 3),
-        rtf=round(session.compute_s / audio_s, 4),
-        chunk_p50_ms=_pct(lat, 50),
-        chunk_p95_ms=_pct(lat, 95),
-        chunk_p99_ms=_pct(lat, 99),
-        chunk_max_ms=round(float(lat.max()), 2),
+        compute_s=round(stats.compute_s, 3),
+        rtf=round(stats.compute_s / audio_s, 4),
+        chunk_p50_ms=_pct_ms(push_s, 50),
+        chunk_p95_ms=_pct_ms(push_s, 95),
+        chunk_p99_ms=_pct_ms(push_s, 99),
+        chunk_max_ms=round(push_s.max * 1000, 2),
         load_s=round(load_s, 3),
         first_word_s=None if clock.first_s is None else round(clock.first_s, 3),
-        pieces_per_chunk=round(len(session.tokens) / max(1, session.chunks_done), 2),
+        pieces_per_chunk=round(stats.pieces_per_chunk, 2),
         peak_rss_mb=round(peak_rss_mb(), 1),
         n_params=parameter_count(recognizer.model),
         wer=wer,
@@ -281,9 +282,9 @@ def run_streams(
     hop_blocks = max(1, round(recognizer.model.chunk_ms * recognizer.model.encoder.hop_chunks / block_ms))
     late = [k % hop_blocks for k in range(n_streams)]
     n_blocks = -(-len(audio) // block)
-    pushes: list[list[float]] = [[] for _ in range(n_streams)]
+    pushes = [Reservoir() for _ in range(n_streams)]
     n_words = [0] * n_streams
-    rounds: list[float] = []
+    rounds = Reservoir()
     done_at = lag_max = 0.0
     for r in range(n_blocks + max(late)):
         round_s = 0.0
@@ -294,10 +295,10 @@ def run_streams(
             t0 = time.perf_counter()
             event = session.push(feeds[k][i : i + block])
             dt = time.perf_counter() - t0
-            pushes[k].append(dt)
+            pushes[k].add(dt)
             round_s += dt
             n_words[k] += len(event.final)
-        rounds.append(round_s)
+        rounds.add(round_s)
         arrival = (r + 1) * block_s
         done_at = max(done_at, arrival) + round_s
         lag_max = max(lag_max, done_at - arrival)
@@ -305,14 +306,13 @@ def run_streams(
     per_stream = []
     for k, session in enumerate(sessions):
         n_words[k] += len(session.flush().final)
-        lat = np.array(pushes[k]) * 1000
-        per_stream.append({"stream": k + 1, "rtf": round(session.compute_s / audio_s, 4),
-                           "chunk_p50_ms": _pct(lat, 50), "chunk_p99_ms": _pct(lat, 99), "words": n_words[k]})
-    rounds_ms = np.array(rounds) * 1000
+        per_stream.append({"stream": k + 1, "rtf": round(session.stats.compute_s / audio_s, 4),
+                           "chunk_p50_ms": _pct_ms(pushes[k], 50), "chunk_p99_ms": _pct_ms(pushes[k], 99),
+                           "words": n_words[k]})
     return StreamsResult(
         model=name, precision=recognizer.precision, threads=torch.get_num_threads(), streams=n_streams,
         chunk_ms=block_ms, audio_s=round(audio_s, 3), load_s=round(load_s, 3),
-        aggregate_rtf=round(sum(rounds) / audio_s, 4), round_p50_ms=_pct(rounds_ms, 50),
-        round_p99_ms=_pct(rounds_ms, 99), max_lag_s=round(lag_max, 3), kept_real_time=lag_max <= 2 * block_s,
+        aggregate_rtf=round(rounds.total / audio_s, 4), round_p50_ms=_pct_ms(rounds, 50),
+        round_p99_ms=_pct_ms(rounds, 99), max_lag_s=round(lag_max, 3), kept_real_time=lag_max <= 2 * block_s,
         peak_rss_mb=round(peak_rss_mb(), 1), per_stream=tuple(per_stream),
     )

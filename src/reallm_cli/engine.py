@@ -1,8 +1,11 @@
 """The streaming recogniser: audio blocks of any size in, events out. A file and a microphone share it.
 
-One ``Session`` per stream carries every cache: the log-mel front end, the encoder state, the frames
-waiting to fill a chunk, and the decoder's KV cache. Decoding is greedy: after each chunk's speech
-embedding(s) the decoder emits word pieces until BLANK, capped at ``max_tokens_per_chunk``.
+One ``Session`` per stream carries every cache, in four typed parts: ``EncoderStage`` (the log-mel front
+end, the encoder state, the frames waiting to fill a chunk), ``DecoderContext`` (the decoder's KV cache and
+the chunks and pieces it holds), ``Emission`` (the word in progress, when it becomes final, its times) and
+``stats.SessionStats`` (running sums and a fixed-size sample of chunk times). None grows with the stream.
+Decoding is greedy: after each chunk's speech embedding(s) the decoder emits word pieces until BLANK,
+capped at ``max_tokens_per_chunk``.
 
 A stream is endless, but no training utterance is longer than ~20 s: a decoder whose context holds
 more than that is somewhere it never learned to be, and it starts dropping words. So the decoder's
@@ -14,6 +17,7 @@ begin, and decoding goes on from there. (The encoder restarts its own windows li
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,6 +26,7 @@ import torch
 
 from reallm_cli.audio.features import StreamingLogMel
 from reallm_cli.results import Event, Word
+from reallm_cli.stats import SessionStats
 from reallm_cli.timebase import SAMPLE_RATE
 from reallm_cli.tokenizer import Tokenizer
 
@@ -34,11 +39,14 @@ class DecodeOptions:
     emit_delay_chunks: int = 0  # the model writes a word this many chunks after it was heard (see ReaLLMConfig)
     context_chunks: int = 64  # the decoder's context restarts when it holds this many chunks (15.4 s at 240 ms)
     carry_chunks: int = 8  # chunks (with their pieces) carried into a restarted context
+    max_word_pieces: int = 32  # a word this long is final (no real word has so many; bounds the word in progress)
 
     def __post_init__(self) -> None:
         if self.carry_chunks < 0 or self.lead_in_chunks + self.carry_chunks >= self.context_chunks:
             raise ValueError(f"a restarted context ({self.lead_in_chunks} lead-in + {self.carry_chunks} carried "
                              f"chunks) must be shorter than context_chunks ({self.context_chunks})")
+        if self.max_word_pieces < 1:
+            raise ValueError(f"max_word_pieces must be >= 1, got {self.max_word_pieces}")
 
 
 @dataclass
@@ -48,178 +56,144 @@ class _PendingWord:
     last_chunk: int
 
 
-class Session:
-    """One stream. ``push`` audio (float32 mono 16 kHz, any block size); ``flush`` at the end."""
+class EncoderStage:
+    """Audio -> encoder frames in whole chunks: the log-mel front end, the encoder's streaming state, and the
+    frames (t, C) waiting to fill a chunk (fewer than one chunk's). Each part holds a bounded amount."""
 
-    def __init__(self, recognizer: "Recognizer"):
-        self.recognizer = recognizer
-        model = recognizer.model
-        self._model = model
-        self._tok = recognizer.tokenizer
-        self._opts = recognizer.options
-        self._mel = StreamingLogMel()
-        self._enc_state = model.encoder.init_state(1)
-        self._frames: list[torch.Tensor] = []  # encoder frames (t, C) not yet a whole chunk
-        self._n_frames = 0
-        self._kv = model.decoder.init_cache(1)
-        # (speech slots, pieces written after them) of each chunk in the decoder's context, oldest first
-        self._context: list[tuple[torch.Tensor, list[int]]] = []
-        self.restarts = 0
-        self._chunk_s = model.chunk_ms / 1000
-        # The embedding of chunk c can be computed once audio up to its end plus the look-ahead arrived; an
-        # encoder that finishes hops of several chunks (right-context mode) finishes chunk c with its hop.
-        self._delay_s = model.encoder.lookahead_ms / 1000
-        self._hop = model.encoder.hop_chunks
-        self.chunks_done = 0
-        self._word: _PendingWord | None = None
-        self._samples_in = 0
-        self.compute_s = 0.0
-        self.tokens: list[tuple[int, int]] = []  # (token id, chunk index) for every piece emitted
-        self.chunk_compute_s: list[float] = []  # wall time of each chunk's decode (encoder time excluded)
-        self._closed = False
-        self._lead = self._opts.lead_in_chunks
-        # word times from the encoder's frames (``word_times``), when the model has a word timer
-        timer = recognizer.word_timer
-        self._track = (timer.track(model.frames_per_chunk, self._lead, self._chunk_s / model.frames_per_chunk)
-                       if timer is not None else None)
-        if self._lead:
-            self._lead_in()
+    def __init__(self, model) -> None:
+        self._encoder = model.encoder
+        self._frames_per_chunk = model.frames_per_chunk
+        self.mel = StreamingLogMel()
+        self.state = model.encoder.init_state(1)
+        self._waiting: torch.Tensor | None = None  # (t < frames_per_chunk, C)
 
-    def _lead_in(self) -> None:
-        """Decode ``lead_in_chunks`` of digital silence; whatever the decoder says there is dropped."""
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            self._consume(self._encode(self._mel.push(self._silence(self._lead))), last=False)
-        self._word = None
-        self.tokens.clear()
-        self.compute_s += time.perf_counter() - t0
+    def push(self, audio: np.ndarray) -> torch.Tensor:
+        """Audio -> the encoder frames it finished ((1, t, C); empty when none)."""
+        return self._encode(self.mel.push(audio))
 
-    def _silence(self, n_chunks: int) -> np.ndarray:
-        return np.zeros(round(n_chunks * self._chunk_s * SAMPLE_RATE), np.float32)
+    def flush(self, silence: np.ndarray) -> torch.Tensor:
+        """End of stream: ``silence`` (what a late-writing model needs after the audio), then the front end's
+        and the encoder's last frames, (1, T, C)."""
+        parts = [self._encode(self.mel.push(silence)), self._encode(self.mel.flush())]
+        f, self.state = self._encoder.flush(self.state)
+        parts.append(f)
+        return torch.cat([p.reshape(1, -1, self._encoder.out_dim) for p in parts], 1)
 
     def _encode(self, mel: torch.Tensor) -> torch.Tensor:
         """Log-mel frames (t, n_mels) through the streaming encoder -> its new frames (empty when t == 0)."""
         if not mel.shape[0]:
             return torch.empty(0)
-        frames, self._enc_state = self._model.encoder.step(mel[None], self._enc_state)
+        frames, self.state = self._encoder.step(mel[None], self.state)
         return frames
 
-    @property
-    def audio_s(self) -> float:
-        return self._samples_in / SAMPLE_RATE
+    def whole_chunks(self, frames: torch.Tensor, last: bool) -> torch.Tensor:
+        """New frames in; the frames of every whole chunk now complete (and of the tail when ``last``) out,
+        (n, C) with n a multiple of frames_per_chunk unless ``last``; the rest waits for the next call."""
+        parts = [] if self._waiting is None else [self._waiting]
+        if frames.numel():
+            parts.append(frames.reshape(-1, frames.shape[-1]))
+        if not parts:
+            return torch.empty(0)
+        buf = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
+        k = self._frames_per_chunk
+        take = buf.shape[0] if last else buf.shape[0] // k * k
+        rest = buf[take:]
+        self._waiting = rest.clone() if rest.shape[0] else None  # not a view that keeps the whole block alive
+        return buf[:take]
 
-    def push(self, audio: np.ndarray) -> Event:
-        """Feed one block of audio; returns the words that became final and the text in progress."""
-        if self._closed:
-            raise RuntimeError("session already flushed")
-        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-        t0 = time.perf_counter()
-        self._samples_in += audio.shape[0]
-        with torch.inference_mode():
-            final = self._consume(self._encode(self._mel.push(audio)), last=False)
-        self.compute_s += time.perf_counter() - t0
-        return Event(final=tuple(final), partial=self.partial_text, audio_s=self.audio_s)
 
-    def flush(self) -> Event:
-        """End of stream: the remaining audio is decoded and every word becomes final."""
-        if self._closed:
-            return Event(audio_s=self.audio_s)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            # a model that writes words late needs that many chunks after the audio to write the last ones
-            parts = [self._encode(self._mel.push(self._silence(self._opts.emit_delay_chunks))),
-                     self._encode(self._mel.flush())]
-            f, self._enc_state = self._model.encoder.flush(self._enc_state)
-            parts.append(f)
-        self.compute_s += time.perf_counter() - t0
-        return self._finish(torch.cat([p.reshape(1, -1, self._model.encoder.out_dim) for p in parts], 1),
-                            self.audio_s)
+class DecoderContext:
+    """The decoder's KV cache and what it holds: the speech slots of each chunk in its context with the
+    pieces written after them, oldest first. At ``context_chunks`` chunks it restarts (see the module
+    docstring), so it never holds more than one context."""
 
-    def _finish(self, frames: torch.Tensor, audio_s: float) -> Event:
-        """Decode the stream's last encoder frames ((1,) T, C), the tail chunk too; every word becomes final."""
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            final = self._consume(frames, last=True)
-            if self._word is not None:
-                final.append(self._finish_word(self._word))
-                self._word = None
-        self.compute_s += time.perf_counter() - t0
-        self._closed = True
-        return Event(final=tuple(final), partial="", audio_s=audio_s)
+    def __init__(self, recognizer: "Recognizer") -> None:
+        self._recognizer = recognizer
+        self._decoder = recognizer.model.decoder
+        self._opts = recognizer.options
+        self.kv = self._decoder.init_cache(1)
+        self.chunks: list[tuple[torch.Tensor, list[int]]] = []  # (slots (S, D), pieces)
+
+    def chunk(self, slots: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Feed one chunk's speech slots (S, D), restarting a full context first; returns the logits (1, 1, V)
+        after its last slot (a chunk decides there) and whether the context restarted."""
+        restart = len(self.chunks) >= self._opts.context_chunks
+        if restart:
+            self._restart()
+        logits = self._decoder.step(slots[None], self.kv, last_only=True)
+        self.chunks.append((slots, []))
+        return logits, restart
+
+    def piece(self, token: int) -> torch.Tensor:
+        """Feed a piece written after the latest chunk; returns the next logits (1, 1, V)."""
+        self.chunks[-1][1].append(token)
+        return self._decoder.step(self._decoder.embed(torch.tensor([[token]])), self.kv)
+
+    def _restart(self) -> None:
+        """A fresh cache holding the lead-in and the last ``carry_chunks`` chunks with their pieces."""
+        dec = self._decoder
+        carried = self.chunks[len(self.chunks) - self._opts.carry_chunks:]
+        self.chunks = [(emb, []) for emb in self._recognizer.lead_in_embeddings()] + carried
+        self.kv = dec.init_cache(1)
+        dec.step(torch.cat([torch.cat((emb, dec.embed(torch.tensor(pieces, dtype=torch.long))))
+                            for emb, pieces in self.chunks])[None], self.kv, last_only=True)
+
+
+class Emission:
+    """Pieces -> words: the word being written and when it becomes final, with its times.
+
+    A word is final when the next word begins, when ``finalize_after_chunks`` chunks passed without a piece
+    of it, or at ``max_word_pieces`` pieces (a decoder that never starts a new word must not grow it)."""
+
+    def __init__(self, model, tokenizer: Tokenizer, options: DecodeOptions, word_timer=None) -> None:
+        self._tok = tokenizer
+        self._opts = options
+        self._lead = options.lead_in_chunks
+        self._chunk_s = model.chunk_ms / 1000
+        # word times from the encoder's frames (``word_times``), when the model has a word timer
+        self._track = (word_timer.track(model.frames_per_chunk, self._lead, self._chunk_s / model.frames_per_chunk)
+                       if word_timer is not None else None)
+        # The embedding of chunk c can be computed once audio up to its end plus the look-ahead arrived; an
+        # encoder that finishes hops of several chunks (right-context mode) finishes chunk c with its hop.
+        self._delay_s = model.encoder.lookahead_ms / 1000
+        self._hop = model.encoder.hop_chunks
+        self.word: _PendingWord | None = None
 
     @property
     def partial_text(self) -> str:
-        return self._tok.decode(self._word.pieces).strip() if self._word else ""
+        return self._tok.decode(self.word.pieces).strip() if self.word else ""
 
-    # -- internals -------------------------------------------------------------------------------
-
-    def _consume(self, frames: torch.Tensor, last: bool) -> list[Word]:
-        """Group encoder frames into chunks and decode every whole chunk (and the tail when ``last``)."""
-        if frames.numel():
-            self._frames.append(frames.reshape(-1, frames.shape[-1]))
-            self._n_frames += frames.shape[-2]
-        k = self._model.frames_per_chunk
-        n_whole = self._n_frames // k
-        take = n_whole * k + (self._n_frames % k if last else 0)
-        if take == 0:
-            return []
-        buf = torch.cat(self._frames, 0)
-        ready, rest = buf[:take], buf[take:]
-        self._frames = [rest] if rest.shape[0] else []
-        self._n_frames = rest.shape[0]
+    def frames(self, frames: torch.Tensor) -> None:
+        """The encoder frames (t, C) of the chunks about to be decoded, for the word timer."""
         if self._track is not None:
-            self._track.push(ready)
-        embeddings = self._model.speech_embeddings(ready[None])[0]  # (n * slots, D)
-        words: list[Word] = []
-        for emb in embeddings.view(-1, self._model.config.slots_per_chunk, embeddings.shape[-1]):
-            words.extend(self._decode_chunk(emb))
-        return words
+            self._track.push(frames)
 
-    def _restart_context(self) -> None:
-        """A fresh decoder cache holding the lead-in and the last ``carry_chunks`` chunks with their pieces."""
-        dec = self._model.decoder
-        carried = self._context[len(self._context) - self._opts.carry_chunks:]
-        self._context = [(emb, []) for emb in self.recognizer.lead_in_embeddings()] + carried
-        self._kv = dec.init_cache(1)
-        dec.step(torch.cat([torch.cat((emb, dec.embed(torch.tensor(pieces, dtype=torch.long))))
-                            for emb, pieces in self._context])[None], self._kv, last_only=True)
-        self.restarts += 1
+    def piece(self, token: int, chunk: int) -> list[Word]:
+        """A piece written after ``chunk``; returns the word it made final, if any."""
+        w = self.word
+        if w is not None and not self._tok.starts_word(token) and len(w.pieces) < self._opts.max_word_pieces:
+            w.pieces.append(token)
+            w.last_chunk = chunk
+            return []
+        self.word = _PendingWord([token], chunk, chunk)
+        return [] if w is None else [self.finish_word(w, next_pieces=[token], upto_chunk=chunk)]
 
-    def _decode_chunk(self, emb: torch.Tensor) -> list[Word]:
-        t0 = time.perf_counter()
-        if len(self._context) >= self._opts.context_chunks:
-            self._restart_context()
-        c = self.chunks_done
-        dec = self._model.decoder
-        blank = self._tok.blank
-        logits = dec.step(emb[None], self._kv, last_only=True)  # (1, 1, V): a chunk decides after its last slot
-        pieces: list[int] = []
-        self._context.append((emb, pieces))
-        words: list[Word] = []
-        emitted = 0
-        while True:
-            token = int(logits[0, -1].argmax())
-            if token == blank or emitted >= self._opts.max_tokens_per_chunk:
-                break
-            emitted += 1
-            pieces.append(token)
-            self.tokens.append((token, c - self._lead))
-            if self._tok.starts_word(token) or self._word is None:
-                if self._word is not None:
-                    words.append(self._finish_word(self._word, next_pieces=[token]))
-                self._word = _PendingWord([token], c, c)
-            else:
-                self._word.pieces.append(token)
-                self._word.last_chunk = c
-            logits = dec.step(dec.embed(torch.tensor([[token]])), self._kv)
-        if self._word is not None and c - self._word.last_chunk >= self._opts.finalize_after_chunks:
-            words.append(self._finish_word(self._word))
-            self._word = None
-        self.chunks_done += 1
-        self.chunk_compute_s.append(time.perf_counter() - t0)
-        return words
+    def end_of_chunk(self, chunk: int) -> list[Word]:
+        """After ``chunk``'s pieces: a word without a continuation for long enough becomes final."""
+        w = self.word
+        if w is not None and chunk - w.last_chunk >= self._opts.finalize_after_chunks:
+            self.word = None
+            return [self.finish_word(w, upto_chunk=chunk)]
+        return []
 
-    def _finish_word(self, w: _PendingWord, next_pieces: list[int] | None = None) -> Word:
+    def end_of_stream(self, chunks: int) -> list[Word]:
+        """The stream ended after ``chunks`` chunks: the word in progress is final."""
+        w, self.word = self.word, None
+        return [] if w is None else [self.finish_word(w, upto_chunk=chunks)]
+
+    def finish_word(self, w: _PendingWord, next_pieces: list[int] | None = None, upto_chunk: int | None = None) -> Word:
+        """The word's text and times; ``next_pieces`` begin the next word, and no frame after chunk
+        ``upto_chunk`` is looked at (the word timer's answer must not depend on how far the encoder ran)."""
         # The word's whole text is on screen (as partial) once the chunk of its last piece is decoded,
         # which needs audio up to that chunk's end plus the encoder's look-ahead.
         # (a word in the lead-in's last chunk, heard through the look-ahead, starts at 0)
@@ -233,9 +207,124 @@ class Session:
         start_s, end_s = round(max(w.first_chunk - self._lead - d, 0) * self._chunk_s, 3), round(end_s, 3)
         if self._track is not None:  # finer times from the frames around the word's chunks
             start_s, end_s = self._track.word_times(
-                text, w.first_chunk - d, w.last_chunk - d, upto_chunk=self.chunks_done,
+                text, w.first_chunk - d, w.last_chunk - d, upto_chunk=upto_chunk,
                 next_text=self._tok.decode(next_pieces) if next_pieces else "", fallback=(start_s, end_s))
         return Word(text=text, start_s=start_s, end_s=end_s, emit_s=emit_s)
+
+
+class Session:
+    """One stream. ``push`` audio (float32 mono 16 kHz, any block size); ``flush`` at the end.
+
+    Its state is four typed parts, each bounded however long the stream runs: ``encoder`` (front end,
+    encoder state, frames waiting for a chunk), ``decoder`` (KV cache and context), ``emission`` (the word
+    in progress) and ``stats`` (running sums and a fixed-size sample of chunk times). ``on_piece(token,
+    chunk)``, when given, is called for every piece emitted after the lead-in (chunk 0 is the stream's
+    first; a lead-in chunk decoded late has a negative index): a caller that wants every piece keeps them."""
+
+    def __init__(self, recognizer: "Recognizer", on_piece: Callable[[int, int], None] | None = None):
+        self.recognizer = recognizer
+        model = recognizer.model
+        self._model = model
+        self._opts = recognizer.options
+        self._chunk_s = model.chunk_ms / 1000
+        self.encoder = EncoderStage(model)
+        self.decoder = DecoderContext(recognizer)
+        self.emission = Emission(model, recognizer.tokenizer, self._opts, recognizer.word_timer)
+        self.stats = SessionStats()
+        self.chunks_done = 0  # the stream's clock: index of the next chunk to decode, lead-in included
+        self._samples_in = 0
+        self._closed = False
+        self._lead = self._opts.lead_in_chunks
+        self._on_piece = None
+        if self._lead:
+            self._lead_in()
+        self._on_piece = on_piece
+
+    def _lead_in(self) -> None:
+        """Decode ``lead_in_chunks`` of digital silence; whatever the decoder says there is dropped."""
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            self._consume(self.encoder.push(self._silence(self._lead)), last=False)
+        self.emission.word = None
+        self.stats.pieces = 0
+        self.stats.compute_s += time.perf_counter() - t0
+
+    def _silence(self, n_chunks: int) -> np.ndarray:
+        return np.zeros(round(n_chunks * self._chunk_s * SAMPLE_RATE), np.float32)
+
+    @property
+    def audio_s(self) -> float:
+        return self._samples_in / SAMPLE_RATE
+
+    def push(self, audio: np.ndarray) -> Event:
+        """Feed one block of audio; returns the words that became final and the text in progress."""
+        if self._closed:
+            raise RuntimeError("session already flushed")
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        t0 = time.perf_counter()
+        self._samples_in += audio.shape[0]
+        with torch.inference_mode():
+            final = self._consume(self.encoder.push(audio), last=False)
+        self.stats.compute_s += time.perf_counter() - t0
+        self.stats.words += len(final)
+        return Event(final=tuple(final), partial=self.partial_text, audio_s=self.audio_s)
+
+    def flush(self) -> Event:
+        """End of stream: the remaining audio is decoded and every word becomes final."""
+        if self._closed:
+            return Event(audio_s=self.audio_s)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            # a model that writes words late needs that many chunks after the audio to write the last ones
+            frames = self.encoder.flush(self._silence(self._opts.emit_delay_chunks))
+            final = self._consume(frames, last=True)
+            final += self.emission.end_of_stream(self.chunks_done)
+        self.stats.compute_s += time.perf_counter() - t0
+        self.stats.words += len(final)
+        self._closed = True
+        return Event(final=tuple(final), partial="", audio_s=self.audio_s)
+
+    @property
+    def partial_text(self) -> str:
+        return self.emission.partial_text
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _consume(self, frames: torch.Tensor, last: bool) -> list[Word]:
+        """Group encoder frames into chunks and decode every whole chunk (and the tail when ``last``)."""
+        ready = self.encoder.whole_chunks(frames, last)
+        if not ready.numel():
+            return []
+        self.emission.frames(ready)
+        embeddings = self._model.speech_embeddings(ready[None])[0]  # (n * slots, D)
+        words: list[Word] = []
+        for emb in embeddings.view(-1, self._model.config.slots_per_chunk, embeddings.shape[-1]):
+            words.extend(self._decode_chunk(emb))
+        return words
+
+    def _decode_chunk(self, emb: torch.Tensor) -> list[Word]:
+        t0 = time.perf_counter()
+        c = self.chunks_done
+        blank = self.recognizer.tokenizer.blank
+        logits, restarted = self.decoder.chunk(emb)
+        self.stats.restarts += restarted
+        words: list[Word] = []
+        emitted = 0
+        while True:
+            token = int(logits[0, -1].argmax())
+            if token == blank or emitted >= self._opts.max_tokens_per_chunk:
+                break
+            emitted += 1
+            self.stats.pieces += 1
+            if self._on_piece is not None:
+                self._on_piece(token, c - self._lead)
+            words.extend(self.emission.piece(token, c))
+            logits = self.decoder.piece(token)
+        words.extend(self.emission.end_of_chunk(c))
+        self.chunks_done += 1
+        self.stats.chunks += 1
+        self.stats.chunk_decode_s.add(time.perf_counter() - t0)
+        return words
 
 
 class Recognizer:
@@ -293,8 +382,8 @@ class Recognizer:
             self._lead_in_embeddings[n] = list(emb.view(n, model.config.slots_per_chunk, -1))
         return self._lead_in_embeddings[n]
 
-    def session(self) -> Session:
-        return Session(self)
+    def session(self, on_piece: Callable[[int, int], None] | None = None) -> Session:
+        return Session(self, on_piece)
 
     def transcribe_array(self, audio: np.ndarray, block_samples: int = 16000 * 8) -> list[Word]:
         """Stream a whole array through a session (the same loop a microphone uses)."""

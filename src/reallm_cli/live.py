@@ -114,7 +114,7 @@ def run_live(
             captured = min(captured, limit_samples / SAMPLE_RATE)
         stats.captured_s = max(captured, session.audio_s)
         stats.decoded_s = session.audio_s
-        stats.compute_s = session.compute_s
+        stats.compute_s = session.stats.compute_s
         stats.overflows = source.overflows + source.dropped_blocks
 
     stopping = False

@@ -74,7 +74,7 @@ def stream_file(
         emit(segmenter.flush())
         raise
     emit(segmenter.flush())
-    return FileResult(path=str(path), duration_s=session.audio_s, compute_s=session.compute_s,
+    return FileResult(path=str(path), duration_s=session.audio_s, compute_s=session.stats.compute_s,
                       n_segments=n_segments, damage=damage)
 
 
