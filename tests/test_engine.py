@@ -190,3 +190,79 @@ def test_a_restarted_context_must_be_shorter_than_the_limit(recognizer):
         Recognizer(recognizer.model, recognizer.tokenizer, DecodeOptions(lead_in_chunks=2, context_chunks=4,
                                                                           carry_chunks=2)).session()
 
+
+# -- the shipped mode: a Whisper-style encoder in right-context mode (720 ms ahead, hops of 480 ms) ----------
+
+
+@pytest.fixture(scope="module")
+def rc_recognizer():
+    """A tiny random ReaLLM on the shipped encoder schedule, with 4.8 s windows so 8 s cross two restarts."""
+    from reallm_cli.model.checkpoint import build_model
+    from reallm_cli.model.decoder import DecoderConfig
+    from reallm_cli.model.reallm import ReaLLMConfig
+    from reallm_cli.model.whisper_encoder import WhisperEncoderConfig
+
+    tok = placeholder_tokenizer(64)
+    torch.manual_seed(0)
+    enc = WhisperEncoderConfig(d_model=32, n_heads=4, n_layers=2, ffn_dim=64, right_context_ms=720, hop_ms=480,
+                               window_ms=4800, overlap_ms=960)
+    dec = DecoderConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, ffn_hidden=64,
+                        window=128)
+    model = build_model(ReaLLMConfig(encoder_kind="whisper", encoder=enc.to_dict(), decoder=dec)).eval()
+    assert model.encoder.hop_chunks == 2 and model.encoder.lookahead_ms == 960
+    return Recognizer(model, tok, DecodeOptions(max_tokens_per_chunk=3))
+
+
+def test_right_context_live_equals_file_word_for_word_and_time_for_time(rc_recognizer):
+    audio = synthetic_audio(8.0, seed=2)
+    file_words, file_pieces = run(rc_recognizer, audio, [len(audio)])
+    assert len(file_words) >= 3, "the model wrote too little; the test would prove little"
+    rng = np.random.default_rng(1)
+    for sizes in ([160] * 800, [3840] * 33, list(rng.integers(1, 5000, size=60))):  # 10 ms, one chunk, random
+        assert run(rc_recognizer, audio, sizes) == (file_words, file_pieces)
+    assert rc_recognizer.transcribe_array(audio, block_samples=1234) == file_words
+
+
+def test_right_context_streaming_equals_offline_and_flush_writes_the_tail(rc_recognizer):
+    """Pieces equal a whole-utterance encoder pass decoded by full recomputation, tail chunk included; the
+    last hop and its right context (up to 960 ms) are decoded by ``flush``, which ends the last word."""
+    audio = synthetic_audio(6.1, seed=4)  # ends inside a chunk
+    pieces = []
+    s = rc_recognizer.session(on_piece=lambda p, c: pieces.append((p, c)))
+    pushed = []
+    for i in range(0, len(audio), 4000):
+        pushed.extend(s.push(audio[i : i + 4000]).final)
+    chunks_before_flush = s.chunks_done
+    tail = s.flush()
+    n_chunks = -(-len(audio) // 3840)
+    assert s.chunks_done == n_chunks  # 6.1 s: 25 whole chunks and a tail
+    assert n_chunks - chunks_before_flush >= 3  # a hop and its right context waited for the end
+    assert pieces == offline_greedy(rc_recognizer.model, rc_recognizer.tokenizer, audio, 3)
+    assert tail.final and tail.partial == ""
+    late = [c for _, c in pieces if c >= chunks_before_flush]
+    assert late, "no piece after the last push; flush would prove nothing"
+    last_word = tail.final[-1]
+    assert last_word.end_s == round((max(c for _, c in pieces) + 1) * 0.24, 3)
+    words = pushed + list(tail.final)
+    assert " ".join(w.text for w in words) == rc_recognizer.tokenizer.decode([p for p, _ in pieces]).strip()
+    assert s.flush().final == ()  # a second flush adds nothing
+
+
+def test_right_context_lead_in_does_not_shift_word_times(rc_recognizer):
+    """A session with 2 lead-in chunks decodes what a plain session decodes of 2 chunks of silence and then
+    the audio, and dates every word on the audio: 480 ms earlier, emit times too."""
+    lead = 2
+    rec = Recognizer(rc_recognizer.model, rc_recognizer.tokenizer, DecodeOptions(max_tokens_per_chunk=3,
+                                                                                 lead_in_chunks=lead))
+    audio = synthetic_audio(6.0, seed=2)
+    padded = np.concatenate([np.zeros(lead * 3840, np.float32), audio])
+    plain_words, plain_pieces = run(rc_recognizer, padded, [4000] * 30)
+    words, pieces = run(rec, audio, [4000] * 30)
+    assert pieces == [(p, c - lead) for p, c in plain_pieces]  # nothing was decoded before the hop was whole
+    assert [w.text for w in words] == [w.text for w in plain_words]
+    shifted = [(w, p) for w, p in zip(words, plain_words) if p.start_s >= lead * 0.24]
+    assert len(shifted) >= 3, "too few words after the lead-in; the test would prove little"
+    for w, p in shifted:
+        assert (w.start_s, w.end_s, w.emit_s) == tuple(round(t - lead * 0.24, 3) for t in (p.start_s, p.end_s, p.emit_s))
+    assert all(0 <= w.start_s < w.end_s <= w.emit_s for w in words)
+    assert run(rec, audio, [len(audio)]) == (words, pieces)  # block sizes still change nothing
