@@ -266,3 +266,17 @@ def test_right_context_lead_in_does_not_shift_word_times(rc_recognizer):
         assert (w.start_s, w.end_s, w.emit_s) == tuple(round(t - lead * 0.24, 3) for t in (p.start_s, p.end_s, p.emit_s))
     assert all(0 <= w.start_s < w.end_s <= w.emit_s for w in words)
     assert run(rec, audio, [len(audio)]) == (words, pieces)  # block sizes still change nothing
+
+
+def test_a_word_that_never_ends_is_cut_at_max_word_pieces(recognizer):
+    """The word in progress is bounded too: a decoder that only ever continues a word gets it cut."""
+    from reallm_cli.engine import Emission
+
+    tok = recognizer.tokenizer
+    inner = next(i for i in range(tok.vocab_size) if i != tok.blank and not tok.starts_word(i))
+    em = Emission(recognizer.model, tok, DecodeOptions(max_word_pieces=5))
+    words = [w for c in range(12) for w in em.piece(inner, c)]
+    assert len(words) == 2 and len(em.word.pieces) == 2  # 5 + 5 + 2 pieces
+    assert words[0].text == tok.decode([inner] * 5).strip() and words[1].start_s == 5 * 0.24
+    with pytest.raises(ValueError):
+        DecodeOptions(max_word_pieces=0)
