@@ -121,7 +121,7 @@ class DecoderContext:
         if restart:
             self._restart()
         logits = self._decoder.step(slots[None], self.kv, last_only=True)
-        self.chunks.append((slots, []))
+        self.chunks.append((slots.clone(), []))  # a copy: a view would keep the whole pushed block's slots alive
         return logits, restart
 
     def piece(self, token: int) -> torch.Tensor:
