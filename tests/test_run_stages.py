@@ -64,7 +64,7 @@ def test_stages_two_to_seven_on_a_tiny_corpus(tmp_path):
     shutil.copy(resolve_model(None), work / "base.safetensors")  # stage 3's output, as BASE=git gives it
     env = dict(os.environ, LABELS=str(labels), TEACHER_STEPS="4", REALLM_STEPS="3", REALLM_WARMUP="1",
                MAX_FRAMES="600", VOCAB="300", THREADS="1",
-               SYNTH_HOURS="0.004", SYNTH_VOICES="espeak-us,espeak-rp")
+               SYNTH_HOURS="0.004", SYNTH_VOICES="espeak-us,espeak-rp", FINETUNE_IDS="")  # all of stage 2
     common = ["--work", str(work), "--shared", str(shared)]
     out = run(["--stage", "2", "--stop-stage", "4", *common], env)
     assert "stage 2: data" in out and "stage 4: features" in out and "stage 5" not in out

@@ -17,7 +17,7 @@
 #   4  features   the base model's encoder at each copy's right context, cached                  (30 min)
 #   5  alignment  SentencePiece teacher tokenizer, CTC teacher, forced alignment onto BPE         (10 min)
 #   6  reallm     projector + decoder fine-tuned on the interleaved sequence                      (25 min)
-#   7  export     fp16 model file; with MERGE=1 the mean of it and the base (recipes' average.py)
+#   7  export     fp16 model file; with MERGE=1 weighted 1:2 with the base (recipes' average.py)
 #   8  evaluate   compare.py: the three dev sets beside offline Whisper tiny.en and base         (15 min)
 #   9  word timer a character CTC head over stage 4's frames, for word times finer than the chunk:
 #                 word-timer.safetensors beside the model, offsets from dev-commonvoice (word_timer.py) (20 min)
@@ -45,7 +45,10 @@ SYNTH_VOICES=${SYNTH_VOICES:-}  # empty: every voice of synthetic_data.py
 LABELS=${LABELS:-$RECIPE/labels/unlabeled-real.jsonl}
 stamp() { echo "== $(date -u +%H:%M:%S) stage $*"; }
 run() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
-train=(python "$RECIPE/train.py" --data "$WORK/data" --work "$WORK/train" --init-model "$WORK/base.safetensors"
+# the utterances (and right contexts) the shipped fine-tune trained on; empty: all of stage 2's data
+FINETUNE_IDS=${FINETUNE_IDS-$RECIPE/labels/finetune-2026-12-06.tsv}
+DATA=$WORK/data; [ -n "$FINETUNE_IDS" ] && DATA=$WORK/data-finetune
+train=(python "$RECIPE/train.py" --data "$DATA" --work "$WORK/train" --init-model "$WORK/base.safetensors"
        --mixed-right-context --teacher-steps "$TEACHER_STEPS" --reallm-steps "$REALLM_STEPS" --vocab "$VOCAB"
        --reallm-lr "$REALLM_LR" --reallm-warmup "$REALLM_WARMUP" --dropout "$DROPOUT" --feat-dropout "$DROPOUT"
        --max-frames "$MAX_FRAMES" --threads "$THREADS" --out "$WORK/tuned.safetensors")
@@ -83,14 +86,19 @@ if run 3; then
         mv "$WORK/base.partial" "$WORK/base.safetensors"
     fi
 fi
-if run 4; then stamp "4: features"; "${train[@]}" --stages features; fi
+if run 4; then
+    stamp "4: features"
+    [ -n "$FINETUNE_IDS" ] && python "$RECIPE/subset.py" --data "$WORK/data" --ids "$FINETUNE_IDS" --out "$DATA"
+    "${train[@]}" --stages features
+fi
 if run 5; then stamp "5: alignment"; "${train[@]}" --stages tokenizer,teacher,align,retokenize; fi
 if run 6; then stamp "6: reallm"; "${train[@]}" --stages reallm; fi
 if run 7; then
     stamp "7: export"
     "${train[@]}" --stages export
     if [ "$MERGE" = 1 ]; then
-        python "$RECIPE/average.py" "$WORK/base.safetensors" "$WORK/tuned.safetensors" --out "$WORK/model.safetensors"
+        python "$RECIPE/average.py" "$WORK/base.safetensors" "$WORK/base.safetensors" "$WORK/tuned.safetensors" \
+            --out "$WORK/model.safetensors"  # 2:1, base to fine-tune (dev sets, 2026-12-06)
     else
         cp "$WORK/tuned.safetensors" "$WORK/model.safetensors"
     fi
