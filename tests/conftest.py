@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -15,6 +16,17 @@ if str(RECIPE) not in sys.path:
 
 # Tests run on 2 shared cores; one intra-op thread avoids oversubscription when several run at once.
 torch.set_num_threads(int(os.environ.get("REALLM_TEST_THREADS", "1")))
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored():
+    """A test that runs a command in-process may change how this process handles SIGINT/SIGTERM; restore
+    them, or every later subprocess inherits an ignored SIGINT and the Ctrl-C tests see it run on."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        if signal.getsignal(sig) is not handler:
+            signal.signal(sig, handler)
 
 
 @pytest.fixture

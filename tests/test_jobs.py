@@ -125,7 +125,8 @@ def test_jobs_ctrl_c_exits_130_and_keeps_what_was_done(long_files, tmp_path, sig
     stdout = tmp_path / "stdout.json"
     with open(stdout, "w") as f:
         p = subprocess.Popen([sys.executable, "-m", "reallm_cli", "transcribe", *map(str, long_files), "-f", "json",
-                              "--jobs", "2"], stdout=f, stderr=subprocess.PIPE, text=True)
+                              "--jobs", "2"], stdout=f, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a shell starts it
         assert _wait_for_lines(stdout, 4, p)
         p.send_signal(signum)
         rc = p.wait(timeout=60)

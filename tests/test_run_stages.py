@@ -89,7 +89,7 @@ def test_stages_two_to_seven_on_a_tiny_corpus(tmp_path):
     assert all(p.stat().st_mtime_ns == t for p, t in made.items())
 
     out = run(["--stage", "5", "--stop-stage", "7", *common], env)
-    assert "stage 7: export" in out and "mean of 2 models" in out
+    assert "stage 7: export" in out and "mean of 3 models" in out
     base, tok_base = load_model(work / "base.safetensors")
     model, tok = load_model(work / "model.safetensors")
     assert tok.model_proto == tok_base.model_proto and model.config == base.config

@@ -101,9 +101,14 @@ def test_multi_file_stdout_parses_back_per_file(model_file, two_x):
     assert "==> " not in single and single.startswith("1\n")  # one file: a plain srt
 
 
+def _default_signals() -> None:
+    """In the child before exec: Ctrl-C as a shell gives it, whatever the test process inherited."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args, stdout, **kw):
     return subprocess.Popen([sys.executable, "-m", "reallm_cli", *map(str, args)], stdout=stdout,
-                            stderr=subprocess.PIPE, text=True, **kw)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals, **kw)
 
 
 def _wait_for_lines(path, n, proc, timeout_s=120):
