@@ -1,6 +1,8 @@
 import os
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,38 @@ def tiny_model(vocab_size: int, chunk_ms: int = 240, seed: int = 0, d: int = 64,
     dec = DecoderConfig(vocab_size=vocab_size, d_model=d, n_layers=1, n_heads=2, n_kv_heads=2, ffn_hidden=2 * d, window=64)
     return build_model(ReaLLMConfig(encoder_kind="conformer", encoder=enc.to_dict(), decoder=dec,
                                     slots_per_chunk=slots_per_chunk))
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A tiny random model saved to a file, for CLI tests that need a model but not its words."""
+    from reallm_cli.model.checkpoint import save_model
+    from reallm_cli.model.presets import placeholder_tokenizer
+
+    tok = placeholder_tokenizer(64)
+    path = tmp_path_factory.mktemp("m") / "tiny.safetensors"
+    save_model(path, tiny_model(tok.vocab_size), tok)
+    return path
+
+
+def _default_sigint() -> None:
+    """In the child before exec: Ctrl-C as a shell gives it, whatever this test process inherited."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_reallm(args, stdout, **kw) -> subprocess.Popen:
+    """``python -m reallm_cli ARGS`` in the background, stderr piped, SIGINT at its default."""
+    return subprocess.Popen([sys.executable, "-m", "reallm_cli", *map(str, args)], stdout=stdout,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint, **kw)
+
+
+def wait_for_lines(path: Path, n: int, proc: subprocess.Popen, timeout_s: float = 120) -> bool:
+    """Whether ``path`` holds ``n`` lines before ``proc`` ends (or the timeout)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if path.exists() and path.read_text().count("\n") >= n:
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False

@@ -8,21 +8,12 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from reallm_cli.model.checkpoint import load_model, save_model
-from reallm_cli.model.presets import placeholder_tokenizer
+from reallm_cli.model.checkpoint import load_model
 
 
 def reallm(*args, stdin=None):
     return subprocess.run([sys.executable, "-m", "reallm_cli", *map(str, args)], capture_output=True, text=True,
                           input=stdin, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    tok = placeholder_tokenizer(64)
-    path = tmp_path_factory.mktemp("m") / "tiny.safetensors"
-    save_model(path, tiny_model(tok.vocab_size), tok)
-    return path
 
 
 def test_model_file_round_trip(model_file):

@@ -7,26 +7,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import DATA, tiny_model
-from reallm_cli.model.checkpoint import save_model
-from reallm_cli.model.presets import placeholder_tokenizer
+from conftest import DATA, start_reallm, wait_for_lines
 
 
 def reallm(*args, **kw):
     return subprocess.run([sys.executable, "-m", "reallm_cli", *map(str, args)], capture_output=True, text=True,
                           timeout=600, **kw)
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    tok = placeholder_tokenizer(64)
-    path = tmp_path_factory.mktemp("m") / "tiny.safetensors"
-    save_model(path, tiny_model(tok.vocab_size), tok)
-    return path
 
 
 @pytest.fixture
@@ -108,26 +97,13 @@ def long_files(tmp_path_factory):
     return [folder / "a.wav", folder / "b.wav"]
 
 
-def _wait_for_lines(path, n, proc, timeout_s=240):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        if path.exists() and path.read_text().count("\n") >= n:
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.05)
-    return False
-
-
 # the embedded model on real speech: a random tiny model closes too few segments along the way
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_jobs_ctrl_c_exits_130_and_keeps_what_was_done(long_files, tmp_path, signum):
     stdout = tmp_path / "stdout.json"
     with open(stdout, "w") as f:
-        p = subprocess.Popen([sys.executable, "-m", "reallm_cli", "transcribe", *map(str, long_files), "-f", "json",
-                              "--jobs", "2"], stdout=f, stderr=subprocess.PIPE, text=True,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a shell starts it
-        assert _wait_for_lines(stdout, 4, p)
+        p = start_reallm(["transcribe", *long_files, "-f", "json", "--jobs", "2"], f)
+        assert wait_for_lines(stdout, 4, p, timeout_s=240)
         p.send_signal(signum)
         rc = p.wait(timeout=60)
         err = p.stderr.read()

@@ -2,31 +2,19 @@
 segments written as they become final (a killed run keeps them), damaged input transcribed as far as it decodes."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import tiny_model
-from reallm_cli.model.checkpoint import save_model
-from reallm_cli.model.presets import placeholder_tokenizer
+from conftest import start_reallm, wait_for_lines
 
 
 def reallm(*args, **kw):
     return subprocess.run([sys.executable, "-m", "reallm_cli", *map(str, args)], capture_output=True, text=True,
                           timeout=300, **kw)
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    tok = placeholder_tokenizer(64)
-    path = tmp_path_factory.mktemp("m") / "tiny.safetensors"
-    save_model(path, tiny_model(tok.vocab_size), tok)
-    return path
 
 
 @pytest.fixture
@@ -101,40 +89,19 @@ def test_multi_file_stdout_parses_back_per_file(model_file, two_x):
     assert "==> " not in single and single.startswith("1\n")  # one file: a plain srt
 
 
-def _default_signals() -> None:
-    """In the child before exec: Ctrl-C as a shell gives it, whatever the test process inherited."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _start(args, stdout, **kw):
-    return subprocess.Popen([sys.executable, "-m", "reallm_cli", *map(str, args)], stdout=stdout,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals, **kw)
-
-
-def _wait_for_lines(path, n, proc, timeout_s=120):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        if path.exists() and path.read_text().count("\n") >= n:
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.05)
-    return False
-
-
 # The kill tests run the embedded model on real speech: a random tiny model emits too few words to close
 # segments along the way.
 def test_sigkill_part_way_keeps_what_was_final(long_file, tmp_path):
     out = tmp_path / "out"
     piped = tmp_path / "stdout.jsonl"
     with open(piped, "w") as f:
-        to_pipe = _start(["transcribe", long_file, "-f", "jsonl"], f)
-        to_dir = _start(["transcribe", long_file, "-f", "jsonl", "-o", out], subprocess.DEVNULL)
+        to_pipe = start_reallm(["transcribe", long_file, "-f", "jsonl"], f)
+        to_dir = start_reallm(["transcribe", long_file, "-f", "jsonl", "-o", out], subprocess.DEVNULL)
         partial = out / "long.jsonl.partial"
         try:
             # Segments must arrive while the file is still being read, not all at its end.
-            assert _wait_for_lines(piped, 4, to_pipe), "no output before the run ended"
-            assert _wait_for_lines(partial, 4, to_dir), "no partial file before the run ended"
+            assert wait_for_lines(piped, 4, to_pipe), "no output before the run ended"
+            assert wait_for_lines(partial, 4, to_dir), "no partial file before the run ended"
         finally:
             for p in (to_pipe, to_dir):
                 p.send_signal(signal.SIGKILL)
@@ -152,9 +119,9 @@ def test_ctrl_c_exits_130_and_keeps_what_was_done(long_file, tmp_path):
     out = tmp_path / "out"
     stdout = tmp_path / "stdout.json"
     with open(stdout, "w") as f:
-        to_stdout = _start(["transcribe", long_file, "-f", "json"], f)
-        to_dir = _start(["transcribe", long_file, "-o", out], subprocess.DEVNULL)
-        assert _wait_for_lines(stdout, 4, to_stdout) and _wait_for_lines(out / "long.txt.partial", 4, to_dir)
+        to_stdout = start_reallm(["transcribe", long_file, "-f", "json"], f)
+        to_dir = start_reallm(["transcribe", long_file, "-o", out], subprocess.DEVNULL)
+        assert wait_for_lines(stdout, 4, to_stdout) and wait_for_lines(out / "long.txt.partial", 4, to_dir)
         for p in (to_stdout, to_dir):
             p.send_signal(signal.SIGINT)
         rcs = [p.wait(timeout=60) for p in (to_stdout, to_dir)]
