@@ -52,6 +52,23 @@ def tiny_model(vocab_size: int, chunk_ms: int = 240, seed: int = 0, d: int = 64,
                                     slots_per_chunk=slots_per_chunk))
 
 
+def tiny_right_context_model(vocab_size: int, d: int, enc_heads: int, enc_layers: int, dec_window: int,
+                             seed: int = 0):
+    """A small random ReaLLM on the shipped encoder schedule (right context 720 ms, hop 480 ms) with 4.8 s
+    encoder windows, so that a few seconds of audio cross window restarts."""
+    from reallm_cli.model.checkpoint import build_model
+    from reallm_cli.model.decoder import DecoderConfig
+    from reallm_cli.model.reallm import ReaLLMConfig
+    from reallm_cli.model.whisper_encoder import WhisperEncoderConfig
+
+    torch.manual_seed(seed)
+    enc = WhisperEncoderConfig(d_model=d, n_heads=enc_heads, n_layers=enc_layers, ffn_dim=2 * d, right_context_ms=720,
+                               hop_ms=480, window_ms=4800, overlap_ms=960)
+    dec = DecoderConfig(vocab_size=vocab_size, d_model=d, n_layers=1, n_heads=2, n_kv_heads=2, ffn_hidden=2 * d,
+                        window=dec_window)
+    return build_model(ReaLLMConfig(encoder_kind="whisper", encoder=enc.to_dict(), decoder=dec))
+
+
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
     """A tiny random model saved to a file, for CLI tests that need a model but not its words."""

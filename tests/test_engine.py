@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_model
+from conftest import tiny_model, tiny_right_context_model
 from reallm_cli.audio.features import whisper_log_mel
 from reallm_cli.bench import synthetic_audio
 from reallm_cli.engine import DecodeOptions, Recognizer
@@ -197,18 +197,8 @@ def test_a_restarted_context_must_be_shorter_than_the_limit(recognizer):
 @pytest.fixture(scope="module")
 def rc_recognizer():
     """A tiny random ReaLLM on the shipped encoder schedule, with 4.8 s windows so 8 s cross two restarts."""
-    from reallm_cli.model.checkpoint import build_model
-    from reallm_cli.model.decoder import DecoderConfig
-    from reallm_cli.model.reallm import ReaLLMConfig
-    from reallm_cli.model.whisper_encoder import WhisperEncoderConfig
-
     tok = placeholder_tokenizer(64)
-    torch.manual_seed(0)
-    enc = WhisperEncoderConfig(d_model=32, n_heads=4, n_layers=2, ffn_dim=64, right_context_ms=720, hop_ms=480,
-                               window_ms=4800, overlap_ms=960)
-    dec = DecoderConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, ffn_hidden=64,
-                        window=128)
-    model = build_model(ReaLLMConfig(encoder_kind="whisper", encoder=enc.to_dict(), decoder=dec)).eval()
+    model = tiny_right_context_model(tok.vocab_size, d=32, enc_heads=4, enc_layers=2, dec_window=128).eval()
     assert model.encoder.hop_chunks == 2 and model.encoder.lookahead_ms == 960
     return Recognizer(model, tok, DecodeOptions(max_tokens_per_chunk=3))
 

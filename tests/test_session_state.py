@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import tiny_right_context_model
 from reallm_cli.engine import DecodeOptions, Recognizer
 from reallm_cli.model.decoder import DecoderConfig
 from reallm_cli.model.presets import placeholder_tokenizer
 from reallm_cli.model.reallm import ReaLLM, ReaLLMConfig
-from reallm_cli.model.whisper_encoder import WhisperEncoderConfig
 from reallm_cli.stats import Reservoir
 
 SR = 16_000
@@ -141,14 +141,7 @@ def test_a_real_right_context_stream_holds_as_much_after_two_minutes_as_after_th
     """The whole pipeline (log-mel, a tiny Whisper-style encoder in right-context mode, decoder) across many
     encoder windows and decoder contexts: the state does not grow with them."""
     tok = placeholder_tokenizer(64)
-    torch.manual_seed(0)
-    enc = WhisperEncoderConfig(d_model=16, n_heads=2, n_layers=1, ffn_dim=32, right_context_ms=720, hop_ms=480,
-                               window_ms=4800, overlap_ms=960)
-    dec = DecoderConfig(vocab_size=tok.vocab_size, d_model=16, n_layers=1, n_heads=2, n_kv_heads=2, ffn_hidden=32,
-                        window=64)
-    from reallm_cli.model.checkpoint import build_model
-
-    model = build_model(ReaLLMConfig(encoder_kind="whisper", encoder=enc.to_dict(), decoder=dec))
+    model = tiny_right_context_model(tok.vocab_size, d=16, enc_heads=2, enc_layers=1, dec_window=64)
     rec = Recognizer(model, tok, DecodeOptions(max_tokens_per_chunk=2, context_chunks=16, carry_chunks=4))
     s = rec.session()
     noise = (np.random.default_rng(0).standard_normal(10 * SR) * 0.1).astype(np.float32)
