@@ -79,19 +79,21 @@ def _score(refs: list[str], hyps: list[str]) -> tuple[float, int, int, int, int]
             out.substitutions, out.deletions, out.insertions)
 
 
+def _spread(texts: list[str]) -> tuple[list[str], list[int]]:
+    """Normalised words of ``texts`` and, for each, the index of the text it came from ("1990" gives two)."""
+    words, origin = [], []
+    for i, t in enumerate(texts):
+        parts = normalize_text(t).split()
+        words += parts
+        origin += [i] * len(parts)
+    return words, origin
+
+
 def _matched_delays(ref_words: list[dict], hyp_words) -> list[float]:
     """Emission delays of hypothesis words that match a reference word (by a word-level alignment). A word
     that normalises to several ("1990", "twenty-one") is matched through them, and shown when its last one is."""
-    def tokens(words: list[str]) -> tuple[list[str], list[int]]:
-        toks, owner = [], []
-        for i, w in enumerate(words):
-            for t in normalize_text(w).split():
-                toks.append(t)
-                owner.append(i)
-        return toks, owner
-
-    ref, ref_owner = tokens([w["word"] for w in ref_words])
-    hyp, hyp_owner = tokens([w.text for w in hyp_words])
+    ref, ref_owner = _spread([w["word"] for w in ref_words])
+    hyp, hyp_owner = _spread([w.text for w in hyp_words])
     if not ref or not hyp:
         return []
     out = jiwer.process_words(" ".join(ref), " ".join(hyp))
@@ -109,16 +111,8 @@ def word_time_errors(ref_words: list[dict], hyp_words) -> list[tuple[float, floa
     """(start error, end error) in seconds, hypothesis minus reference, of every hypothesis word that
     matches a reference word with both times (a word-level alignment of the normalised texts; a word
     that normalises into several, "1990", matches only whole)."""
-    def spread(texts: list[str]) -> tuple[list[str], list[int]]:
-        words, origin = [], []
-        for i, t in enumerate(texts):
-            parts = normalize_text(t).split()
-            words += parts
-            origin += [i] * len(parts)
-        return words, origin
-
-    ref, r_of = spread([w["word"] for w in ref_words])
-    hyp, h_of = spread([w.text for w in hyp_words])
+    ref, r_of = _spread([w["word"] for w in ref_words])
+    hyp, h_of = _spread([w.text for w in hyp_words])
     if not ref or not hyp:
         return []
     r_n, h_n = np.bincount(r_of), np.bincount(h_of)
