@@ -92,7 +92,7 @@ def test_init_model_fine_tunes_the_shipped_model(tmp_path):
 
 
 def test_a_new_decoder_on_the_encoder_of_a_trained_model(tmp_path):
-    """--encoder MODEL_FILE: the model's adapted encoder makes the features and goes into the new model as
+    """--encoder MODEL_FILE: the model's encoder makes the features and goes into the new model as
     it is, while the tokenizer and the decoder are new (here a small one trained from nothing)."""
     from reallm_cli.model.checkpoint import load_model
     from reallm_cli.weights import resolve_model
@@ -117,40 +117,6 @@ def test_a_new_decoder_on_the_encoder_of_a_trained_model(tmp_path):
     assert encoder_keys and all(torch.equal(sa[k], sb[k]) for k in encoder_keys)
     assert tok_after.vocab_size == 300 != tok_before.vocab_size
     assert after.config.decoder.d_model == 64
-
-
-def test_adapting_a_models_encoder_further_and_swapping_it_in(tmp_path):
-    """adapt_encoder.py --encoder MODEL_FILE continues the model's encoder towards its own full-attention
-    output (here from block 2 on); swap_encoder.py puts the result under the model's projector and decoder."""
-    from reallm_cli.model.checkpoint import load_model
-    from reallm_cli.weights import resolve_model
-
-    data = make_data(tmp_path / "data", SENTENCES[:4])
-    base, work, out = resolve_model(None), tmp_path / "adapt", tmp_path / "swapped.safetensors"
-    recipe = REPO / "recipes" / "default"
-    r = subprocess.run(
-        [sys.executable, str(recipe / "adapt_encoder.py"), "--manifest", str(data / "train.jsonl"), "--work",
-         str(work), "--encoder", str(base), "--target-encoder", str(base), "--start", "1", "--distill-hours", "1",
-         "--steps", "2", "--lr", "1e-3", "--max-frames", "600", "--dev", str(tmp_path / "none.jsonl"),
-         "--stages", "cache,train,export"], capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "4 distillation pairs" in r.stdout
-    r = subprocess.run([sys.executable, str(recipe / "swap_encoder.py"), str(base), str(work / "encoder.safetensors"),
-                        "--out", str(out)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-
-    before, tok_before = load_model(base)
-    after, tok_after = load_model(out)
-    assert after.config == before.config and tok_after.model_proto == tok_before.model_proto
-    sa, sb = after.state_dict(), before.state_dict()
-    same = lambda prefix: all(torch.equal(sa[k], sb[k]) for k in sa if k.startswith(prefix))  # noqa: E731
-    assert same("decoder.") and same("projector.") and same("encoder.blocks.0.") and same("encoder.conv")
-    assert not same("encoder.blocks.1.") and not same("encoder.blocks.5.")  # the trained blocks moved
-
-    # a file that is not an encoder file is refused in one line
-    r = subprocess.run([sys.executable, str(recipe / "swap_encoder.py"), str(base), str(base), "--out",
-                        str(tmp_path / "x.safetensors")], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "error:" in r.stderr
 
 
 def test_distillation_from_offline_whisper_runs_through_the_recipe(tmp_path):

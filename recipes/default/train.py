@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("/work/data"))
     ap.add_argument("--work", type=Path, default=Path("/work/runs/default"))
     ap.add_argument("--encoder", type=Path, default=Path("/work/cache/whisper-base-encoder.safetensors"),
-                    help="an imported (scripts/import_whisper.py) or adapted (adapt_encoder.py) encoder file, or a "
+                    help="an imported (scripts/import_whisper.py) encoder file, or a "
                          "reallm model file whose encoder to reuse (its chunk and look-ahead then win)")
     ap.add_argument("--out", type=Path, default=Path("weights/reallm-default.safetensors"))
     ap.add_argument("--chunk-ms", type=int, default=240)
@@ -176,7 +176,7 @@ def main() -> None:
         else:
             args.right_context_ms, args.hop_ms = encoder.config.right_context_ms, encoder.config.hop_ms
             log(f"fine-tuning {args.init_model}: its encoder, tokenizer ({init_tok.vocab_size} tokens) and config")
-    elif is_model_file(args.encoder):  # a trained model's (adapted) encoder, streaming as in that model
+    elif is_model_file(args.encoder):  # a trained model's encoder, streaming as in that model
         source = load_model(args.encoder)[0]
         if source.config.encoder_kind != "whisper":
             sys.exit(f"--encoder {args.encoder}: not a Whisper-encoder model")
