@@ -9,14 +9,9 @@ Stages (each skipped when its output exists, each resumable after a kill):
   features  encode every training/held-out utterance once with the frozen streaming encoder
   tokenizer SentencePiece on the decoder's text corpus (see lm_texts), with BLANK reserved; with
             --decoder-init, also the Whisper BPE subset (bpe_tokenizer.bin)
-  lm        (with --lm-steps N) the decoder warm-started as a language model on text alone (recipes/default/text_lm.py):
-            the training transcripts, every LJ Speech sentence not held out, and the generated short texts
   teacher   CTC head on the cached frames (the alignment teacher)
   align     Viterbi forced alignment -> per-piece chunk indices
   retokenize (with --decoder-init whisper-tiny.en) the alignment moved to Whisper's BPE tokens, byte by byte
-  softlabels (with --kd-weight w > 0) offline Whisper tiny.en's distribution at every transcript piece
-            (recipes/default/whisper_teacher.py); the reallm stage then trains each piece toward
-            (1 - w) * the piece + w * that distribution (knowledge distillation)
   reallm    projector + decoder trained with cross-entropy on the interleaved sequence
   export    one fp16 safetensors file (encoder + projector + decoder + config + tokenizer)
 
@@ -29,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import sys
 import time
 from dataclasses import asdict, replace
@@ -40,7 +34,7 @@ import torch
 from reallm_cli.align.ctc import AlignmentError, ctc_forced_align
 from reallm_cli.align.retokenize import byte_level_bytes, sentencepiece_bytes, transfer_chunks
 from reallm_cli.model.checkpoint import is_model_file, load_model, save_model
-from reallm_cli.model.decoder import DecoderConfig, LlamaDecoder
+from reallm_cli.model.decoder import DecoderConfig
 from reallm_cli.model.reallm import ReaLLM, ReaLLMConfig
 from reallm_cli.model.whisper_encoder import load_whisper_encoder
 from reallm_cli.model.whisper_import import find_installed_whisper, import_whisper_decoder
@@ -51,11 +45,10 @@ from reallm_cli.train.cached_data import make_batch, time_mask
 from reallm_cli.train.ctc_head import CTCHead, ctc_loss
 from reallm_cli.train.feature_cache import FeatureStore, build_cache, encode_audio
 from reallm_cli.train.loop import LoopConfig, run_loop
-from reallm_cli.train.reallm_loss import SoftLabels, reallm_loss
+from reallm_cli.train.reallm_loss import reallm_loss
 from reallm_cli.writers import atomic_write_text
 
 from common import log, read_jsonl, start_run, up_to_date  # recipes/default/common.py
-from text_lm import text_batches, text_lm_loss  # recipes/default/text_lm.py
 from make_data import PLAN_SEED, read_lj, short_texts, split_lj  # recipes/default/make_data.py
 
 
@@ -104,10 +97,6 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=0.1, help="decoder dropout (training only)")
     ap.add_argument("--lead-in-ms", type=int, default=480, help="silence the engine decodes before each stream")
     ap.add_argument("--feat-dropout", type=float, default=0.1, help="dropout on the cached encoder frames")
-    # Measured here: 100 steps of 4096 pieces (1 loaded core, 25 min) only took the loss from 6.3 to 5.18 nats,
-    # against 5.37 for a unigram model of the corpus; too slow to pay off on 2 cores, so it is off by default.
-    ap.add_argument("--lm-steps", type=int, default=0, help="text-only decoder warm-up steps (0: none)")
-    ap.add_argument("--lm-max-pieces", type=int, default=8192, help="padded word pieces per text batch")
     ap.add_argument("--decoder-init", choices=["none", "whisper-tiny.en"], default="none",
                     help="start the decoder from Whisper tiny.en's pretrained decoder (its BPE vocabulary, cut "
                          "to the tokens the text corpus uses; cross-attention dropped, RoPE for positions)")
@@ -121,23 +110,17 @@ def main() -> None:
                     help="another seed for the ReaLLM stage's data order, dropout and masks (to measure run-to-run noise)")
     ap.add_argument("--projector-hidden", type=int, default=0,
                     help="a hidden GELU layer of this width in the projector (0: one linear map, the paper's)")
-    ap.add_argument("--kd-weight", type=float, default=0.0,
-                    help="weight of offline Whisper tiny.en's soft labels in each piece's target (0: none; needs "
-                         "--decoder-init whisper-tiny.en or --init-model, whose vocabulary is Whisper's)")
-    ap.add_argument("--kd-top-k", type=int, default=8, help="pieces kept of the teacher's distribution at each piece")
-    ap.add_argument("--stages", default="features,tokenizer,lm,teacher,align,retokenize,softlabels,reallm,export")
+    ap.add_argument("--stages", default="features,tokenizer,teacher,align,retokenize,reallm,export")
     ap.add_argument("--init-model", type=Path, default=None,
                     help="fine-tune this reallm model file: its encoder makes the features (--encoder is not read), "
                          "its tokenizer, config and projector + decoder weights start the reallm stage")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bf16", action="store_true",
-                    help="bf16 autocast in the features, LM, teacher and ReaLLM stages (encoder 2.7x and ReaLLM steps 1.7x "
+                    help="bf16 autocast in the features, teacher and ReaLLM stages (encoder 2.7x and ReaLLM steps 1.7x "
                          "faster on a CPU with AVX512-BF16 or AMX, where `--precision auto` also runs bf16)")
     args = ap.parse_args()
     if args.mixed_right_context and args.init_model is None:
         ap.error("--mixed-right-context needs --init-model (a right-context model whose encoder to vary)")
-    if args.kd_weight > 0 and args.decoder_init == "none" and args.init_model is None:
-        ap.error("--kd-weight needs Whisper's vocabulary: --decoder-init whisper-tiny.en or --init-model")
     bf16 = args.bf16 or None  # None: LoopConfig's own default (autocast only where native on a GPU)
     stages, work = start_run(args)
     t_stage: dict[str, float] = json.loads((work / "times.json").read_text()) if (work / "times.json").exists() else {}
@@ -259,27 +242,6 @@ def main() -> None:
                             n_heads=args.d_model // 64, n_kv_heads=args.d_model // 64,
                             ffn_hidden=int(args.d_model * 8 / 3) // 64 * 64, window=512,
                             dropout=args.dropout)
-    lm_path = work / "lm.pt"
-
-    def lm():
-        texts = lm_texts(args.data)
-        lm_tokens = [t for t in (tok.encode(x) for x in texts) if t]
-        n_pieces = sum(map(len, lm_tokens))
-        log(f"text corpus: {len(lm_tokens)} texts, {n_pieces} pieces")
-        decoder = LlamaDecoder(dec_cfg)
-        lengths = [len(t) for t in lm_tokens]
-
-        def loss_fn(idx, gen):
-            rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=gen)))
-            loss, stats = text_lm_loss(decoder, [lm_tokens[i] for i in idx], blank, rng, slot_std=0.5)
-            return loss, {"audio_s": stats["pieces"]}  # throughput reads as pieces/s here
-
-        run_loop(decoder, loss_fn, lambda epoch: text_batches(lengths, args.lm_max_pieces, 3, epoch), lambda b: b,
-                 LoopConfig(total_steps=args.lm_steps, lr=1e-3, warmup_steps=min(200, args.lm_steps // 5), log_every=10,
-                            bf16=bf16), lm_path, log)
-
-    if args.lm_steps > 0:
-        timed("lm", lm)
     if not stages & {"teacher", "align", "retokenize", "reallm", "export"}:
         return
     head = CTCHead(train_store.dim, tok.vocab_size)
@@ -349,54 +311,8 @@ def main() -> None:
 
     if pretrained:
         timed("retokenize", retokenize, made=(dec_align_path,), sources=(align_path, bpe_path))
-    soft_dir = work / f"softlabels_k{args.kd_top_k}"
-
-    def softlabels():
-        """Offline Whisper tiny.en's distribution at every piece of every transcript (whisper_teacher.py),
-        several utterances to one 30 s window; written in parts, so a killed run goes on where it stopped."""
-        from reallm_cli.audio.source import load_audio
-        from reallm_cli.model.whisper_import import convert_installed_whisper
-        from whisper_teacher import WhisperTeacher, load_whisper_decoder, pack
-
-        enc_path = work / "whisper-tiny.en-encoder.safetensors"
-        if not enc_path.exists():
-            convert_installed_whisper("tiny.en", enc_path)
-        allowed = [t for t in range(1, dec_tok.vocab_size) if re.fullmatch(r"[ a-z0-9']+", dec_tok.decode([t]))]
-        teacher = WhisperTeacher(load_whisper_encoder(enc_path), load_whisper_decoder(find_installed_whisper("tiny.en")),
-                                 dec_tok.keep_ids, allowed, k=args.kd_top_k)
-        audio_of = {r["id"]: r["audio"] for f in sets["train"] for r in read_jsonl(args.data / f)}
-        items = train_store.items
-        groups = pack([u.duration for u in items], [len(t) for t in dec_token_lists])
-        log(f"soft labels: {len(items)} utterances in {len(groups)} windows, {len(allowed)} pieces allowed")
-        soft_dir.mkdir(exist_ok=True)
-        per_part = 50
-        for first in range(0, len(groups), per_part):
-            part = soft_dir / f"part_{first // per_part:05d}.pt"
-            if part.exists():
-                continue
-            labels = {}
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(args.bf16)):
-                for g in groups[first : first + per_part]:
-                    utts = [(load_audio(audio_of[items[i].id]), dec_token_lists[i]) for i in g]
-                    for i, sl in zip(g, teacher.soft_labels(utts)):
-                        labels[items[i].id] = (sl.ids, sl.probs)
-            tmp = part.with_suffix(".tmp")
-            torch.save(labels, tmp)
-            tmp.replace(part)
-            log(f"soft labels: {min(first + per_part, len(groups))}/{len(groups)} windows")
-
-    if args.kd_weight > 0:
-        timed("softlabels", softlabels)
     if not stages & {"reallm", "export"}:
         return
-    soft = None
-    if args.kd_weight > 0:
-
-        by_uid = {}
-        for part in sorted(soft_dir.glob("part_*.pt")):
-            by_uid.update(torch.load(part, weights_only=False))
-        soft = [SoftLabels(*by_uid[u.id]) if u.id in by_uid else None for u in train_store.items]
-        log(f"soft labels for {sum(s is not None for s in soft)}/{len(soft)} utterances, weight {args.kd_weight}")
     by_id = {r["id"]: r["chunks"] for r in map(json.loads, dec_align_path.read_text().splitlines())}
     alignments = {i: by_id[u.id] for i, u in enumerate(train_store.items) if u.id in by_id}
     aligned = sorted(alignments)
@@ -437,16 +353,11 @@ def main() -> None:
             frames = time_mask(batch.frames, batch.frame_lengths, gen)
             frames = torch.nn.functional.dropout(frames, args.feat_dropout)
             loss, stats = reallm_loss(model, frames, batch.frame_lengths, batch.tokens,
-                                      [chunk_lists[i] for i in batch.indices], dec_tok.blank,
-                                      soft=None if soft is None else [soft[i] for i in batch.indices],
-                                      soft_weight=args.kd_weight)
+                                      [chunk_lists[i] for i in batch.indices], dec_tok.blank)
             stats["audio_s"] = float(batch.frame_lengths.sum()) * 0.02
             return loss, stats
 
         trainable = torch.nn.ModuleDict({"projector": model.projector, "decoder": model.decoder})
-        if args.lm_steps > 0 and not (work / "reallm.pt").exists():
-            model.decoder.load_state_dict(torch.load(lm_path, weights_only=False)["model"])
-            log(f"decoder warm-started from {lm_path}")
         run_loop(trainable, loss_fn, sampler(aligned, seed=2 + args.reallm_seed),
                  lambda idx: make_batch(train_store, idx, dec_token_lists),
                  LoopConfig(total_steps=args.reallm_steps, lr=args.reallm_lr, warmup_steps=args.reallm_warmup,
