@@ -1,22 +1,26 @@
-"""Train the embedded default model: chunk-causal Whisper base encoder + Speech ReaLLM decoder.
+"""Train the default model's projector and decoder over the frozen Whisper base encoder streaming in
+right-context mode (each layer sees --right-context-ms ahead, --hop-ms finished per step, as shipped).
 
 With ``--decoder-init whisper-tiny.en`` (what base_synthetic.sh uses) the decoder starts from Whisper tiny.en's
 pretrained decoder, as the paper fine-tunes a pre-trained Llama: its self-attention and MLP layers and
 its token embeddings, on Whisper's BPE vocabulary cut to the tokens of the text corpus. The CTC teacher
 stays on a small SentencePiece vocabulary; its alignment is moved onto the BPE tokens (``retokenize``).
+With ``--init-model`` (what run.sh uses) a trained model is fine-tuned: its encoder, vocabulary and config.
 
 Stages (each skipped when its output exists, each resumable after a kill):
-  features  encode every training/held-out utterance once with the frozen streaming encoder
-  tokenizer SentencePiece on the decoder's text corpus (see lm_texts), with BLANK reserved; with
-            --decoder-init, also the Whisper BPE subset (bpe_tokenizer.bin)
+  features  encode every training utterance once with the frozen streaming encoder
+  tokenizer SentencePiece on the decoder's text corpus (see decoder_texts), with BLANK reserved; with
+            --decoder-init or --init-model, also the decoder's BPE vocabulary (bpe_tokenizer.bin)
   teacher   CTC head on the cached frames (the alignment teacher)
   align     Viterbi forced alignment -> per-piece chunk indices
-  retokenize (with --decoder-init whisper-tiny.en) the alignment moved to Whisper's BPE tokens, byte by byte
+  retokenize (with a BPE decoder) the alignment moved to Whisper's BPE tokens, byte by byte
   reallm    projector + decoder trained with cross-entropy on the interleaved sequence
   export    one fp16 safetensors file (encoder + projector + decoder + config + tokenizer)
 
-    nohup python recipes/default/train.py --data /work/data --work /work/runs/default \
-        --out weights/reallm-default.safetensors > /work/runs/default.log 2>&1 &
+From the repository's root (relative paths are the caller's; run.sh stage 0 imports the encoder):
+
+    nohup python recipes/default/train.py --data runs/default/data --work runs/default/train \
+        --encoder runs/default/whisper-base-encoder.safetensors > runs/default/train.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import json
 import random
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -36,58 +40,41 @@ from reallm_cli.align.retokenize import byte_level_bytes, sentencepiece_bytes, t
 from reallm_cli.model.checkpoint import is_model_file, load_model, save_model
 from reallm_cli.model.decoder import DecoderConfig
 from reallm_cli.model.reallm import ReaLLM, ReaLLMConfig
-from reallm_cli.model.whisper_encoder import load_whisper_encoder
+from reallm_cli.model.whisper_encoder import WhisperStreamingEncoder, load_whisper_encoder
 from reallm_cli.model.whisper_import import find_installed_whisper, import_whisper_decoder
 from reallm_cli.text import normalize_text
-from reallm_cli.tokenizer import SentencePieceTokenizer, tokenizer_from_bytes, train_tokenizer, whisper_bpe_subset
+from reallm_cli.tokenizer import (SentencePieceTokenizer, Tokenizer, tokenizer_from_bytes, train_tokenizer,
+                                  whisper_bpe_subset)
 from reallm_cli.train.batching import DurationBatchSampler
 from reallm_cli.train.cached_data import make_batch, time_mask
 from reallm_cli.train.ctc_head import CTCHead, ctc_loss
-from reallm_cli.train.feature_cache import FeatureStore, build_cache, encode_audio
+from reallm_cli.train.feature_cache import FeatureStore, build_cache
 from reallm_cli.train.loop import LoopConfig, run_loop
 from reallm_cli.train.reallm_loss import reallm_loss
 from reallm_cli.writers import atomic_write_text
 
-from common import log, read_jsonl, start_run, up_to_date  # recipes/default/common.py
+from common import log, read_jsonl  # recipes/default/common.py
 from make_data import PLAN_SEED, read_lj, short_texts, split_lj  # recipes/default/make_data.py
 
-
-def lm_texts(data: Path) -> list[str]:
-    """The decoder's text corpus, normalised and de-duplicated: training transcripts (synthetic and
-    pseudo-labelled real), every LJ Speech sentence not held out, and 20000 generated short texts.
-    Sentences of the held-out manifests are removed, whatever their source."""
-    held = {e["text"] for f in ("heldout_voice.jsonl", "heldout_text.jsonl") if (data / f).exists()
-            for e in read_jsonl(data / f)}
-    lj_train, lj_held = split_lj(read_lj())
-    held |= {normalize_text(t) for _, t in lj_held}
-    texts = [e["text"] for e in read_jsonl(data / "train.jsonl")] if (data / "train.jsonl").exists() else []
-    texts += [normalize_text(t) for _, t in lj_train]
-    texts += [normalize_text(t) for _, t in short_texts(20000, random.Random(PLAN_SEED + 1))]
-    return sorted({t for t in texts if t and t not in held})
+STAGES = ("features", "tokenizer", "teacher", "align", "retokenize", "reallm", "export")
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path("/work/data"))
-    ap.add_argument("--work", type=Path, default=Path("/work/runs/default"))
-    ap.add_argument("--encoder", type=Path, default=Path("/work/cache/whisper-base-encoder.safetensors"),
-                    help="an imported (scripts/import_whisper.py) encoder file, or a "
-                         "reallm model file whose encoder to reuse (its chunk and look-ahead then win)")
-    ap.add_argument("--out", type=Path, default=Path("weights/reallm-default.safetensors"))
-    ap.add_argument("--chunk-ms", type=int, default=240)
-    ap.add_argument("--lookahead-ms", type=int, default=240)
-    ap.add_argument("--right-context-ms", type=int, default=0,
-                    help="right-context mode instead of the layer-wise look-ahead: every encoder layer sees this much "
-                         "audio ahead, recomputed at each step (needs an imported --encoder; with --init-model, "
-                         "that encoder replaces the model's)")
-    ap.add_argument("--hop-ms", type=int, default=0, help="right-context mode: audio finished per encoder step")
-    ap.add_argument("--features-full-attention", action="store_true",
-                    help="cache frames of the encoder seeing each whole utterance (one fast pass) instead of its "
-                         "streaming schedule; the decoder then trains on frames near what right-context mode gives")
+    ap.add_argument("--data", type=Path, required=True, help="a folder of train*.jsonl manifests")
+    ap.add_argument("--work", type=Path, required=True, help="the run's folder: caches, checkpoints, alignments")
+    ap.add_argument("--encoder", type=Path, default=None,
+                    help="an imported encoder file (scripts/import_whisper.py), streamed in right-context mode, "
+                         "or a reallm model file whose encoder to reuse as it streams there")
+    ap.add_argument("--out", type=Path, default=None, help="the model file (default: WORK/model.safetensors)")
+    ap.add_argument("--chunk-ms", type=int, default=240, help="an imported --encoder's chunk")
+    ap.add_argument("--right-context-ms", type=int, default=720,
+                    help="audio every encoder layer of an imported --encoder sees ahead, recomputed at each step")
+    ap.add_argument("--hop-ms", type=int, default=480, help="an imported --encoder's audio finished per step")
     ap.add_argument("--mixed-right-context", action="store_true",
                     help="cache each utterance's frames with the right context its manifest line names "
-                         "(right_context_ms, drawn by real_data.py), so one decoder serves every --lookahead-ms; "
-                         "needs --init-model of a right-context model")
+                         "(right_context_ms, drawn by real_data.py), so one decoder serves several right "
+                         "contexts; needs --init-model of a right-context model")
     ap.add_argument("--vocab", type=int, default=512)
     ap.add_argument("--teacher-steps", type=int, default=3000)
     ap.add_argument("--reallm-steps", type=int, default=8000)
@@ -110,7 +97,7 @@ def main() -> None:
                     help="another seed for the ReaLLM stage's data order, dropout and masks (to measure run-to-run noise)")
     ap.add_argument("--projector-hidden", type=int, default=0,
                     help="a hidden GELU layer of this width in the projector (0: one linear map, the paper's)")
-    ap.add_argument("--stages", default="features,tokenizer,teacher,align,retokenize,reallm,export")
+    ap.add_argument("--stages", default=",".join(STAGES), help="the stages to run, comma-separated")
     ap.add_argument("--init-model", type=Path, default=None,
                     help="fine-tune this reallm model file: its encoder makes the features (--encoder is not read), "
                          "its tokenizer, config and projector + decoder weights start the reallm stage")
@@ -118,17 +105,61 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true",
                     help="bf16 autocast in the features, teacher and ReaLLM stages (encoder 2.7x and ReaLLM steps 1.7x "
                          "faster on a CPU with AVX512-BF16 or AMX, where `--precision auto` also runs bf16)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.init_model is None and args.encoder is None:
+        ap.error("give --encoder (an imported encoder or a model file) or --init-model")
     if args.mixed_right_context and args.init_model is None:
         ap.error("--mixed-right-context needs --init-model (a right-context model whose encoder to vary)")
-    bf16 = args.bf16 or None  # None: LoopConfig's own default (autocast only where native on a GPU)
-    stages, work = start_run(args)
-    t_stage: dict[str, float] = json.loads((work / "times.json").read_text()) if (work / "times.json").exists() else {}
+    if unknown := set(args.stages.split(",")) - set(STAGES):
+        ap.error(f"unknown stage {', '.join(sorted(unknown))} (stages: {', '.join(STAGES)})")
+    args.out = args.out or args.work / "model.safetensors"
+    return args
 
-    def timed(name, fn, made=(), sources=()):
+
+@dataclass
+class Run:
+    """What the stages share: the options, the frozen encoder and, with --init-model, the model to fine-tune."""
+
+    args: argparse.Namespace
+    encoder: WhisperStreamingEncoder
+    init_model: ReaLLM | None = None
+    init_tok: Tokenizer | None = None
+    times: dict[str, float] = field(default_factory=dict)  # seconds spent per stage, over every session
+
+    @property
+    def work(self) -> Path:
+        return self.args.work
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the decoder reads a BPE vocabulary (Whisper's, or the fine-tuned model's)."""
+        return self.args.decoder_init != "none" or self.init_model is not None
+
+    @property
+    def feats(self) -> Path:
+        """The feature caches of this encoder setting (a rerun with another setting keeps these)."""
+        c = self.encoder.config
+        rc = "rcmix" if self.args.mixed_right_context else f"rc{c.right_context_ms}"
+        return self.work / "feats" / f"c{c.chunk_ms}_{rc}_hop{c.step_ms}"
+
+    @property
+    def frames_per_chunk(self) -> int:
+        return self.encoder.config.chunk_ms // self.encoder.frame_ms
+
+    @property
+    def frame_s(self) -> float:
+        return self.encoder.frame_ms / 1000
+
+    def batches(self, store: FeatureStore, subset: list[int], seed: int):
+        """Epoch -> batches of store indices, by duration (--max-frames frames per batch)."""
+        s = DurationBatchSampler([store.items[i].duration for i in subset], self.args.max_frames * self.frame_s,
+                                 seed=seed)
+        return lambda epoch: [[subset[j] for j in b] for b in s.batches(epoch)]
+
+    def stage(self, name: str, fn, made: tuple[Path, ...] = (), sources: tuple[Path, ...] = ()) -> None:
         """Run stage ``name`` if asked for, unless every file it ``made`` is newer than all its ``sources``
         (a rerun after a kill then skips it; a retrained teacher or tokenizer makes it run again)."""
-        if name not in stages:
+        if name not in self.args.stages.split(","):
             return
         if up_to_date(made, sources):
             log(f"== {name}: up to date ({', '.join(p.name for p in made)}), skipped")
@@ -136,246 +167,280 @@ def main() -> None:
         t0 = time.perf_counter()
         log(f"== {name}")
         fn()
-        t_stage[name] = t_stage.get(name, 0.0) + time.perf_counter() - t0
-        (work / "times.json").write_text(json.dumps(t_stage, indent=1))
+        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+        (self.work / "times.json").write_text(json.dumps(self.times, indent=1))
 
-    def right_context_encoder():
-        """The imported --encoder in right-context mode (--right-context-ms, --hop-ms)."""
-        args.lookahead_ms = 0
-        return load_whisper_encoder(args.encoder, chunk_ms=args.chunk_ms, right_context_ms=args.right_context_ms,
-                                    hop_ms=args.hop_ms)
 
-    init_model = init_tok = None
+def up_to_date(made: tuple[Path, ...], sources: tuple[Path, ...]) -> bool:
+    """True if every file in ``made`` exists and none of the ``sources`` that exist is newer than the oldest."""
+    if not made or not all(p.exists() for p in made):
+        return False
+    oldest = min(p.stat().st_mtime_ns for p in made)
+    return all(p.stat().st_mtime_ns <= oldest for p in sources if p.exists())
+
+
+def whisper_encoder_of(model: ReaLLM, path: Path) -> WhisperStreamingEncoder:
+    if model.config.encoder_kind != "whisper":
+        sys.exit(f"{path}: not a Whisper-encoder model")
+    return model.encoder
+
+
+def start(args: argparse.Namespace) -> Run:
+    """Threads, the work folder, the stage times so far and the frozen encoder: --init-model's, a model
+    file's (--encoder MODEL), or an imported encoder file in right-context mode."""
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    times_path = args.work / "times.json"
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
     if args.init_model is not None:
-        init_model, init_tok = load_model(args.init_model)
-        if init_model.config.encoder_kind != "whisper":
-            sys.exit(f"--init-model {args.init_model}: not a Whisper-encoder model")
-        encoder = init_model.encoder
-        args.chunk_ms, args.lookahead_ms = encoder.config.chunk_ms, encoder.config.lookahead_ms
-        if args.right_context_ms:  # the model's projector and decoder on another encoder, in right-context mode
-            encoder = right_context_encoder()
-            log(f"fine-tuning {args.init_model}'s projector and decoder on {args.encoder}, right context "
-                f"{args.right_context_ms} ms, hop {encoder.config.step_ms} ms")
-        else:
-            args.right_context_ms, args.hop_ms = encoder.config.right_context_ms, encoder.config.hop_ms
-            log(f"fine-tuning {args.init_model}: its encoder, tokenizer ({init_tok.vocab_size} tokens) and config")
-    elif is_model_file(args.encoder):  # a trained model's encoder, streaming as in that model
-        source = load_model(args.encoder)[0]
-        if source.config.encoder_kind != "whisper":
-            sys.exit(f"--encoder {args.encoder}: not a Whisper-encoder model")
-        encoder = source.encoder
+        model, tok = load_model(args.init_model)
+        log(f"fine-tuning {args.init_model}: its encoder, tokenizer ({tok.vocab_size} tokens) and config")
+        return Run(args, whisper_encoder_of(model, args.init_model), model, tok, times=times)
+    if is_model_file(args.encoder):
+        encoder = whisper_encoder_of(load_model(args.encoder)[0], args.encoder)
         c = encoder.config
-        args.chunk_ms, args.lookahead_ms, args.right_context_ms, args.hop_ms = \
-            c.chunk_ms, c.lookahead_ms, c.right_context_ms, c.hop_ms
-        schedule = f"right context {c.right_context_ms} ms, hop {c.step_ms} ms" if c.right_context_ms \
-            else f"look-ahead {c.lookahead_ms} ms"
-        log(f"the encoder of {args.encoder}: chunk {args.chunk_ms} ms, {schedule}")
-    elif args.right_context_ms:
-        encoder = right_context_encoder()
+        log(f"the encoder of {args.encoder}: chunk {c.chunk_ms} ms, right context {c.right_context_ms} ms, "
+            f"hop {c.step_ms} ms")
     else:
-        encoder = load_whisper_encoder(args.encoder, chunk_ms=args.chunk_ms, lookahead_ms=args.lookahead_ms)
-    encoder.eval()
-    feat_tag = f"c{args.chunk_ms}_la{args.lookahead_ms}"
-    if args.features_full_attention:
-        feat_tag = f"c{args.chunk_ms}_full"
-    elif args.mixed_right_context:
-        feat_tag = f"c{args.chunk_ms}_rcmix_hop{encoder.config.step_ms}"
-    elif args.right_context_ms:
-        feat_tag = f"c{args.chunk_ms}_rc{args.right_context_ms}_hop{encoder.config.step_ms}"
-    # every train*.jsonl of --data (real_data.py: train.jsonl, synthetic_data.py: train_synthetic.jsonl);
-    # held-out sets are evaluated from audio, through the engine
-    sets = {"train": sorted(p.name for p in args.data.glob("train*.jsonl")) or ["train.jsonl"]}
-    feat_dirs = {name: [work / "feats" / feat_tag / Path(f).stem for f in files] for name, files in sets.items()}
+        encoder = load_whisper_encoder(args.encoder, chunk_ms=args.chunk_ms, right_context_ms=args.right_context_ms,
+                                       hop_ms=args.hop_ms)
+    return Run(args, encoder.eval(), times=times)
 
-    def features():
-        for files, dirs in zip(sets.values(), feat_dirs.values()):
-            for f, d in zip(files, dirs):
-                if (args.data / f).exists():
-                    if args.mixed_right_context:
-                        lines = read_jsonl(args.data / f)
-                        for rc in sorted({e["right_context_ms"] for e in lines}):
-                            enc_rc = load_model(args.init_model, lookahead_ms=rc)[0].encoder.eval()
-                            log(f"encoding {f} (right context {rc} ms) -> {d}_rc{rc}")
-                            build_cache([e for e in lines if e["right_context_ms"] == rc], enc_rc,
-                                        d.parent / f"{d.name}_rc{rc}", log=log)
-                        continue
-                    log(f"encoding {f} -> {d}")
-                    encode = None
-                    if args.features_full_attention:
-                        def encode(audio):
-                            return encode_audio(encoder, audio, full_attention=True)
-                    build_cache(read_jsonl(args.data / f), encoder, d, log=log, encode=encode)
 
+def features(run: Run) -> None:
+    """Every train*.jsonl of --data through the frozen encoder into a cache folder of the same name; with
+    --mixed-right-context one folder per right context the manifest names (NAME_rcR)."""
+    args = run.args
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(args.bf16)):
-        timed("features", features)
-    # every cache folder of this encoder setting whose name starts with "train" (a run may add more)
-    train_store = FeatureStore(sorted((work / "feats" / feat_tag).glob("train*")))
-    log(f"train store: {len(train_store)} utterances, {sum(u.duration for u in train_store.items) / 3600:.2f} h")
-    if stages <= {"features"}:
+        for manifest in sorted(args.data.glob("train*.jsonl")):
+            lines, out = read_jsonl(manifest), run.feats / manifest.stem
+            if not args.mixed_right_context:
+                log(f"encoding {manifest.name} -> {out}")
+                build_cache(lines, run.encoder, out, log=log)
+                continue
+            for rc in sorted({e["right_context_ms"] for e in lines}):
+                encoder = load_model(args.init_model, lookahead_ms=rc)[0].encoder.eval()
+                log(f"encoding {manifest.name} (right context {rc} ms) -> {out}_rc{rc}")
+                subset = [e for e in lines if e["right_context_ms"] == rc]
+                build_cache(subset, encoder, out.parent / f"{out.name}_rc{rc}", log=log)
+
+
+def decoder_texts(data: Path) -> list[str]:
+    """The decoder's text corpus, normalised and de-duplicated: training transcripts (synthetic and
+    pseudo-labelled real), every LJ Speech sentence not held out, and 20000 generated short texts.
+    Sentences of the held-out manifests are removed, whatever their source."""
+    held = {e["text"] for f in ("heldout_voice.jsonl", "heldout_text.jsonl") if (data / f).exists()
+            for e in read_jsonl(data / f)}
+    lj_train, lj_held = split_lj(read_lj())
+    held |= {normalize_text(t) for _, t in lj_held}
+    texts = [e["text"] for e in read_jsonl(data / "train.jsonl")] if (data / "train.jsonl").exists() else []
+    texts += [normalize_text(t) for _, t in lj_train]
+    texts += [normalize_text(t) for _, t in short_texts(20000, random.Random(PLAN_SEED + 1))]
+    return sorted({t for t in texts if t and t not in held})
+
+
+def tokenizers(run: Run) -> None:
+    """The teacher's SentencePiece on the decoder's whole text corpus (a superset of the transcripts, so
+    pieces fit the text it will read), and the decoder's BPE vocabulary where it has one."""
+    texts = decoder_texts(run.args.data)
+    (run.work / "tokenizer.model").write_bytes(train_tokenizer(texts, run.args.vocab).model_proto)
+    if run.init_tok is not None:
+        bpe = run.init_tok.model_proto  # the model's vocabulary is kept; new words are spelled
+    elif run.pretrained:
+        tokenizer_json = (find_installed_whisper("tiny.en")[0].parent / "tokenizer.json").read_text()
+        bpe = whisper_bpe_subset(tokenizer_json, texts).model_proto
+    else:
         return
+    (run.work / "bpe_tokenizer.bin").write_bytes(bpe)
 
-    tok_path = work / "tokenizer.model"
 
-    pretrained = args.decoder_init != "none" or init_model is not None
-    bpe_path = work / "bpe_tokenizer.bin"
+@dataclass
+class Pieces:
+    """Every cached utterance's transcript in the teacher's pieces and in the decoder's."""
 
-    def tokenizer():
-        # the decoder's whole text corpus (a superset of the transcripts): pieces fit the text it will read
-        texts = lm_texts(args.data)
-        tok_path.write_bytes(train_tokenizer(texts, args.vocab).model_proto)
-        if init_model is not None:
-            bpe_path.write_bytes(init_tok.model_proto)  # the model's vocabulary is kept; new words are spelled
-        elif pretrained:
-            tokenizer_json = (find_installed_whisper("tiny.en")[0].parent / "tokenizer.json").read_text()
-            bpe_path.write_bytes(whisper_bpe_subset(tokenizer_json, texts).model_proto)
+    tok: SentencePieceTokenizer
+    token_lists: list[list[int]]
+    dec_tok: Tokenizer  # the teacher's SentencePiece again, or a BPE vocabulary (bpe_tokenizer.bin)
+    dec_token_lists: list[list[int]]
+    keep: list[int]  # the utterances the teacher can align
 
-    train_manifest = args.data / "train.jsonl"
-    timed("tokenizer", tokenizer, made=(tok_path, bpe_path) if pretrained else (tok_path,), sources=(train_manifest,))
-    tok = SentencePieceTokenizer.load(tok_path)
-    blank = tok.blank
-    token_lists = [tok.encode(u.text) for u in train_store.items]
+
+def read_pieces(run: Run, store: FeatureStore) -> Pieces:
+    tok = SentencePieceTokenizer.load(run.work / "tokenizer.model")
+    token_lists = [tok.encode(u.text) for u in store.items]
     # a transcript needs at least one frame per piece plus blanks between repeats to be alignable
-    keep = [i for i, u in enumerate(train_store.items) if 0 < len(token_lists[i]) <= u.n_frames // 2]
-    log(f"{len(keep)}/{len(train_store)} utterances usable (vocab {tok.vocab_size})")
+    keep = [i for i, u in enumerate(store.items) if 0 < len(token_lists[i]) <= u.n_frames // 2]
+    log(f"{len(keep)}/{len(store)} utterances usable (vocab {tok.vocab_size})")
+    if not run.pretrained:
+        return Pieces(tok, token_lists, tok, token_lists, keep)
+    dec_tok = tokenizer_from_bytes((run.work / "bpe_tokenizer.bin").read_bytes())
+    return Pieces(tok, token_lists, dec_tok, [dec_tok.encode(u.text) for u in store.items], keep)
 
-    dec_cfg = DecoderConfig(vocab_size=tok.vocab_size, d_model=args.d_model, n_layers=args.layers,
-                            n_heads=args.d_model // 64, n_kv_heads=args.d_model // 64,
-                            ffn_hidden=int(args.d_model * 8 / 3) // 64 * 64, window=512,
-                            dropout=args.dropout)
-    if not stages & {"teacher", "align", "retokenize", "reallm", "export"}:
-        return
-    head = CTCHead(train_store.dim, tok.vocab_size)
 
-    def sampler(subset: list[int], seed: int):
-        """Epoch -> batches of store indices, by duration (max_frames of 20 ms per batch)."""
-        s = DurationBatchSampler([train_store.items[i].duration for i in subset], args.max_frames * 0.02, seed=seed)
-        return lambda epoch: [[subset[j] for j in b] for b in s.batches(epoch)]
+def teacher(run: Run, store: FeatureStore, pieces: Pieces, head: CTCHead) -> None:
+    """``head`` trained by CTC over the cached frames, with time masking: the alignment teacher."""
 
-    def teacher():
-        def loss_fn(batch, gen):
-            frames = time_mask(batch.frames, batch.frame_lengths, gen)
-            loss = ctc_loss(head(frames), batch.frame_lengths, batch.tokens, blank)
-            return loss, {"audio_s": float(batch.frame_lengths.sum()) * 0.02}
+    def loss_fn(batch, gen):
+        frames = time_mask(batch.frames, batch.frame_lengths, gen)
+        loss = ctc_loss(head(frames), batch.frame_lengths, batch.tokens, pieces.tok.blank)
+        return loss, {"audio_s": float(batch.frame_lengths.sum()) * run.frame_s}
 
-        run_loop(head, loss_fn, sampler(keep, seed=1),
-                 lambda idx: make_batch(train_store, idx, token_lists),
-                 LoopConfig(total_steps=args.teacher_steps, lr=1e-3, warmup_steps=200, bf16=bf16), work / "teacher.pt", log)
+    run_loop(head, loss_fn, run.batches(store, pieces.keep, seed=1),
+             lambda idx: make_batch(store, idx, pieces.token_lists),
+             LoopConfig(total_steps=run.args.teacher_steps, lr=1e-3, warmup_steps=200, bf16=run.args.bf16 or None),
+             run.work / "teacher.pt", log)
 
-    timed("teacher", teacher)
-    head.load_state_dict(torch.load(work / "teacher.pt", weights_only=False)["model"])
+
+def align(run: Run, store: FeatureStore, pieces: Pieces, head: CTCHead) -> None:
+    """Each piece's chunk by Viterbi forced alignment under the teacher (alignments.jsonl), and a report
+    of failures and the mean wait from a piece's frame to its chunk's end (align_report.json, written last)."""
+    head.load_state_dict(torch.load(run.work / "teacher.pt", weights_only=False)["model"])
     head.eval()
-    frames_per_chunk = args.chunk_ms // encoder.frame_ms
-    align_path = work / "alignments.jsonl"
-
-    def align():
-        n_fail, delays, lines = 0, [], []
-        with torch.inference_mode():
-            for i in keep:
-                fr = torch.from_numpy(train_store.frames(i).astype("float32"))[None]
-                logp = head(fr)[0]
-                try:
-                    res = ctc_forced_align(logp, token_lists[i], blank)
-                except AlignmentError:
-                    n_fail += 1
-                    continue
-                chunks = [min(int(fi) // frames_per_chunk, (fr.shape[1] - 1) // frames_per_chunk) for fi in res.token_frames]
-                lines.append(json.dumps({"i": i, "id": train_store.items[i].id, "chunks": chunks}) + "\n")
-                delays.extend((c + 1) * frames_per_chunk - fi for c, fi in zip(chunks, res.token_frames))
-        atomic_write_text(align_path, "".join(lines))
-        report = {"utterances": len(keep), "failed": n_fail, "failed_share": n_fail / max(1, len(keep)),
-                  "mean_wait_to_chunk_end_ms": float(sum(delays) / max(1, len(delays))) * encoder.frame_ms}
-        (work / "align_report.json").write_text(json.dumps(report, indent=1))
-        log(f"alignment report: {report}")
-
-    align_report = work / "align_report.json"  # written last: its presence means the alignments are whole
-    timed("align", align, made=(align_path, align_report), sources=(work / "teacher.pt", tok_path, *(args.data / f for f in sets["train"])))
-    # The decoder's tokenizer: the teacher's SentencePiece, or Whisper's BPE with the alignment moved onto it.
-    dec_tok, dec_align_path, dec_token_lists = tok, align_path, token_lists
-    if pretrained:
-        dec_tok, dec_align_path = tokenizer_from_bytes(bpe_path.read_bytes()), work / "alignments_bpe.jsonl"
-        dec_token_lists = [dec_tok.encode(u.text) for u in train_store.items]
-
-    def retokenize():
-        n_fail, lines = 0, []
-        for r in map(json.loads, align_path.read_text().splitlines()):
-            src = sentencepiece_bytes([tok.piece(t) for t in token_lists[r["i"]]])
-            dst = byte_level_bytes([dec_tok.piece(t) for t in dec_token_lists[r["i"]]])
+    fpc = run.frames_per_chunk
+    n_fail, delays, lines = 0, [], []
+    with torch.inference_mode():
+        for i in pieces.keep:
+            fr = torch.from_numpy(store.frames(i).astype("float32"))[None]
             try:
-                chunks = transfer_chunks(src, r["chunks"], dst)
-            except ValueError:
+                res = ctc_forced_align(head(fr)[0], pieces.token_lists[i], pieces.tok.blank)
+            except AlignmentError:
                 n_fail += 1
                 continue
-            lines.append(json.dumps({"i": r["i"], "id": r["id"], "chunks": chunks}) + "\n")
-        atomic_write_text(dec_align_path, "".join(lines))
-        log(f"retokenized alignments: {n_fail} utterances whose tokenizations disagree were dropped")
+            chunks = [min(int(fi) // fpc, (fr.shape[1] - 1) // fpc) for fi in res.token_frames]
+            lines.append(json.dumps({"i": i, "id": store.items[i].id, "chunks": chunks}) + "\n")
+            delays.extend((c + 1) * fpc - fi for c, fi in zip(chunks, res.token_frames))
+    atomic_write_text(run.work / "alignments.jsonl", "".join(lines))
+    n = len(pieces.keep)
+    report = {"utterances": n, "failed": n_fail, "failed_share": n_fail / max(1, n),
+              "mean_wait_to_chunk_end_ms": float(sum(delays) / max(1, len(delays))) * run.encoder.frame_ms}
+    (run.work / "align_report.json").write_text(json.dumps(report, indent=1))
+    log(f"alignment report: {report}")
 
-    if pretrained:
-        timed("retokenize", retokenize, made=(dec_align_path,), sources=(align_path, bpe_path))
-    if not stages & {"reallm", "export"}:
-        return
-    by_id = {r["id"]: r["chunks"] for r in map(json.loads, dec_align_path.read_text().splitlines())}
-    alignments = {i: by_id[u.id] for i, u in enumerate(train_store.items) if u.id in by_id}
-    aligned = sorted(alignments)
-    log(f"{len(aligned)} aligned utterances in the store")
 
-    init_state = None
-    if init_model is not None:
-        # the model's own config (slots, delay, lead-in), its weights, this run's decoder dropout
-        config = replace(init_model.config, decoder=replace(init_model.config.decoder, dropout=args.dropout),
-                         encoder=asdict(encoder.config))
+def retokenize(run: Run, pieces: Pieces) -> None:
+    """The alignment moved from the teacher's pieces onto the decoder's BPE tokens, byte by byte."""
+    n_fail, lines = 0, []
+    for r in map(json.loads, (run.work / "alignments.jsonl").read_text().splitlines()):
+        src = sentencepiece_bytes([pieces.tok.piece(t) for t in pieces.token_lists[r["i"]]])
+        dst = byte_level_bytes([pieces.dec_tok.piece(t) for t in pieces.dec_token_lists[r["i"]]])
+        try:
+            chunks = transfer_chunks(src, r["chunks"], dst)
+        except ValueError:
+            n_fail += 1
+            continue
+        lines.append(json.dumps({"i": r["i"], "id": r["id"], "chunks": chunks}) + "\n")
+    atomic_write_text(run.work / "alignments_bpe.jsonl", "".join(lines))
+    log(f"retokenized alignments: {n_fail} utterances whose tokenizations disagree were dropped")
+
+
+def dec_alignments(run: Run) -> Path:
+    return run.work / ("alignments_bpe.jsonl" if run.pretrained else "alignments.jsonl")
+
+
+def build_reallm(run: Run, dec_tok: Tokenizer) -> ReaLLM:
+    """The model to train: --init-model's config and weights with this run's decoder dropout, or a new
+    projector and decoder (from Whisper tiny.en's with --decoder-init) over the frozen encoder."""
+    args, encoder = run.args, run.encoder
+    if run.init_model is not None:
+        old = run.init_model.config
+        config = replace(old, decoder=replace(old.decoder, dropout=args.dropout), encoder=asdict(encoder.config))
         model = ReaLLM(config, encoder)
-        res = model.load_state_dict({k: v for k, v in init_model.state_dict().items()
+        res = model.load_state_dict({k: v for k, v in run.init_model.state_dict().items()
                                      if not k.startswith("encoder.")}, strict=False)
         if res.unexpected_keys or any(not k.startswith("encoder.") for k in res.missing_keys):
             sys.exit(f"--init-model {args.init_model} does not fit: {res.unexpected_keys or res.missing_keys}")
-        args.emit_delay_chunks = config.emit_delay_chunks
-    else:
-        if pretrained:
-            dec_cfg, init_state = import_whisper_decoder(find_installed_whisper("tiny.en"), dec_tok.keep_ids,
-                                                         blank_from=50256, window=512, dropout=args.dropout)
-        config = ReaLLMConfig(encoder_kind="whisper", encoder=asdict(encoder.config), decoder=dec_cfg,
-                              lead_in_ms=args.lead_in_ms, emit_delay_chunks=args.emit_delay_chunks,
-                              slots_per_chunk=args.slots_per_chunk, projector_hidden=args.projector_hidden)
-        model = ReaLLM(config, encoder)
-    if init_state is not None and not (work / "reallm.pt").exists():
+        return model
+    dec_cfg = DecoderConfig(vocab_size=dec_tok.vocab_size, d_model=args.d_model, n_layers=args.layers,
+                            n_heads=args.d_model // 64, n_kv_heads=args.d_model // 64,
+                            ffn_hidden=int(args.d_model * 8 / 3) // 64 * 64, window=512, dropout=args.dropout)
+    init_state = None
+    if run.pretrained:
+        dec_cfg, init_state = import_whisper_decoder(find_installed_whisper("tiny.en"), dec_tok.keep_ids,
+                                                     blank_from=50256, window=512, dropout=args.dropout)
+    config = ReaLLMConfig(encoder_kind="whisper", encoder=asdict(encoder.config), decoder=dec_cfg,
+                          lead_in_ms=args.lead_in_ms, emit_delay_chunks=args.emit_delay_chunks,
+                          slots_per_chunk=args.slots_per_chunk, projector_hidden=args.projector_hidden)
+    model = ReaLLM(config, encoder)
+    if init_state is not None and not (run.work / "reallm.pt").exists():
         model.decoder.load_state_dict(init_state)
         log(f"decoder initialised from Whisper tiny.en ({dec_cfg.n_layers} layers, {dec_cfg.vocab_size} tokens)")
+    return model
+
+
+def emission_chunks(run: Run, store: FeatureStore, model: ReaLLM) -> dict[int, list[int]]:
+    """Store index -> the chunk each decoder piece is written in: its aligned chunk plus the model's
+    emit delay d, capped at the last (so the decoder hears d more chunks before it commits)."""
+    by_id = {r["id"]: r["chunks"] for r in map(json.loads, dec_alignments(run).read_text().splitlines())}
+    delay, fpc = model.config.emit_delay_chunks, run.frames_per_chunk
+    chunks = {i: [min(c + delay, (u.n_frames - 1) // fpc) for c in by_id[u.id]]
+              for i, u in enumerate(store.items) if u.id in by_id}
+    log(f"{len(chunks)} aligned utterances in the store")
+    return chunks
+
+
+def trainable(model: ReaLLM) -> torch.nn.ModuleDict:
+    return torch.nn.ModuleDict({"projector": model.projector, "decoder": model.decoder})
+
+
+def train_reallm(run: Run, store: FeatureStore, pieces: Pieces, model: ReaLLM, chunks: dict[int, list[int]]) -> None:
+    """Projector and decoder (the encoder frozen) by cross-entropy on the interleaved sequences, with time
+    masks and dropout on the cached frames."""
+    args = run.args
     for p in model.encoder.parameters():
         p.requires_grad_(False)
-    # --emit-delay-chunks d: each token is written d chunks after the teacher's chunk (capped at the last),
-    # so the decoder hears d more chunks before it commits; words appear d x 240 ms later.
-    last_chunk = [(u.n_frames - 1) // frames_per_chunk for u in train_store.items]
-    chunk_lists = [[min(c + args.emit_delay_chunks, last_chunk[i]) for c in alignments.get(i, [])]
-                   for i in range(len(train_store))]
 
-    def reallm():
-        def loss_fn(batch, gen):
-            frames = time_mask(batch.frames, batch.frame_lengths, gen)
-            frames = torch.nn.functional.dropout(frames, args.feat_dropout)
-            loss, stats = reallm_loss(model, frames, batch.frame_lengths, batch.tokens,
-                                      [chunk_lists[i] for i in batch.indices], dec_tok.blank)
-            stats["audio_s"] = float(batch.frame_lengths.sum()) * 0.02
-            return loss, stats
+    def loss_fn(batch, gen):
+        frames = time_mask(batch.frames, batch.frame_lengths, gen)
+        frames = torch.nn.functional.dropout(frames, args.feat_dropout)
+        loss, stats = reallm_loss(model, frames, batch.frame_lengths, batch.tokens,
+                                  [chunks[i] for i in batch.indices], pieces.dec_tok.blank)
+        stats["audio_s"] = float(batch.frame_lengths.sum()) * run.frame_s
+        return loss, stats
 
-        trainable = torch.nn.ModuleDict({"projector": model.projector, "decoder": model.decoder})
-        run_loop(trainable, loss_fn, sampler(aligned, seed=2 + args.reallm_seed),
-                 lambda idx: make_batch(train_store, idx, dec_token_lists),
-                 LoopConfig(total_steps=args.reallm_steps, lr=args.reallm_lr, warmup_steps=args.reallm_warmup,
-                            bf16=bf16, seed=args.reallm_seed),
-                 work / "reallm.pt", log)
+    run_loop(trainable(model), loss_fn, run.batches(store, sorted(chunks), seed=2 + args.reallm_seed),
+             lambda idx: make_batch(store, idx, pieces.dec_token_lists),
+             LoopConfig(total_steps=args.reallm_steps, lr=args.reallm_lr, warmup_steps=args.reallm_warmup,
+                        bf16=args.bf16 or None, seed=args.reallm_seed),
+             run.work / "reallm.pt", log)
 
-    timed("reallm", reallm)
 
-    def export():
-        ck = torch.load(work / "reallm.pt", weights_only=False)
-        trainable = torch.nn.ModuleDict({"projector": model.projector, "decoder": model.decoder})
-        trainable.load_state_dict(ck["model"])
-        extra = {"train_hours": sum(train_store.items[i].duration for i in aligned) / 3600,
-                 "stage_seconds": t_stage, "steps": ck["step"]}
-        save_model(args.out, model, dec_tok, dtype=torch.float16, extra=extra)
-        log(f"wrote {args.out}")
+def export(run: Run, store: FeatureStore, model: ReaLLM, dec_tok: Tokenizer, aligned: list[int]) -> None:
+    """The last ReaLLM checkpoint into one fp16 model file, with the hours trained on and the stage times."""
+    ck = torch.load(run.work / "reallm.pt", weights_only=False)
+    trainable(model).load_state_dict(ck["model"])
+    extra = {"train_hours": sum(store.items[i].duration for i in aligned) / 3600,
+             "stage_seconds": run.times, "steps": ck["step"]}
+    save_model(run.args.out, model, dec_tok, dtype=torch.float16, extra=extra)
+    log(f"wrote {run.args.out}")
 
-    timed("export", export)
+
+def main(argv: list[str] | None = None) -> None:
+    run = start(parse_args(argv))
+    asked, work, data = set(run.args.stages.split(",")), run.work, run.args.data
+    run.stage("features", lambda: features(run))
+    # every cache folder of this encoder setting whose name starts with "train" (a run may add more)
+    store = FeatureStore(sorted(run.feats.glob("train*")))
+    log(f"train store: {len(store)} utterances, {sum(u.duration for u in store.items) / 3600:.2f} h")
+    tok_path, bpe_path = work / "tokenizer.model", work / "bpe_tokenizer.bin"
+    run.stage("tokenizer", lambda: tokenizers(run), made=(tok_path, bpe_path) if run.pretrained else (tok_path,),
+              sources=(data / "train.jsonl",))
+    if not asked & {"teacher", "align", "retokenize", "reallm", "export"}:
+        return
+    pieces = read_pieces(run, store)
+    head = CTCHead(store.dim, pieces.tok.vocab_size)
+    run.stage("teacher", lambda: teacher(run, store, pieces, head))
+    align_path = work / "alignments.jsonl"
+    run.stage("align", lambda: align(run, store, pieces, head), made=(align_path, work / "align_report.json"),
+              sources=(work / "teacher.pt", tok_path, *sorted(data.glob("train*.jsonl"))))
+    if run.pretrained:
+        run.stage("retokenize", lambda: retokenize(run, pieces), made=(dec_alignments(run),),
+                  sources=(align_path, bpe_path))
+    if not asked & {"reallm", "export"}:
+        return
+    model = build_reallm(run, pieces.dec_tok)
+    chunks = emission_chunks(run, store, model)
+    run.stage("reallm", lambda: train_reallm(run, store, pieces, model, chunks))
+    run.stage("export", lambda: export(run, store, model, pieces.dec_tok, sorted(chunks)))
 
 
 if __name__ == "__main__":
