@@ -118,3 +118,40 @@ def test_a_new_decoder_on_the_encoder_of_a_trained_model(tmp_path):
     assert tok_after.vocab_size == 300 != tok_before.vocab_size
     assert after.config.decoder.d_model == 64
 
+
+
+def test_a_new_model_over_an_imported_encoder_in_right_context_mode(tmp_path):
+    """base_synthetic.sh's path: an imported Whisper encoder (here tiny.en's, for speed) streams in
+    right-context mode at train.py's defaults (720 ms ahead, 480 ms hops, as the model ships), and the
+    decoder starts from Whisper tiny.en's, on its BPE vocabulary cut to the text corpus."""
+    from reallm_cli.model.checkpoint import load_model
+    from reallm_cli.model.whisper_import import convert_installed_whisper
+
+    data = make_data(tmp_path / "data", SENTENCES)
+    encoder, out = tmp_path / "encoder.safetensors", tmp_path / "work" / "model.safetensors"
+    convert_installed_whisper("tiny.en", encoder, dtype=torch.float32)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "recipes" / "default" / "train.py"), "--data", str(data), "--work",
+         str(tmp_path / "work"), "--encoder", str(encoder), "--decoder-init", "whisper-tiny.en", "--vocab", "300",
+         "--slots-per-chunk", "3", "--emit-delay-chunks", "1", "--teacher-steps", "4", "--reallm-steps", "2",
+         "--reallm-warmup", "1", "--max-frames", "600"],
+        capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "decoder initialised from Whisper tiny.en" in r.stdout and "retokenized alignments" in r.stdout
+    model, tok = load_model(out)  # --out defaults to WORK/model.safetensors
+    c = model.encoder.config
+    assert (c.chunk_ms, c.right_context_ms, c.hop_ms, c.lookahead_ms) == (240, 720, 480, 0)
+    assert (tmp_path / "work" / "feats" / "c240_rc720_hop480" / "train").is_dir()
+    assert model.config.slots_per_chunk == 3 and model.config.emit_delay_chunks == 1
+    assert tok.vocab_size > 300  # Whisper's BPE cut to the corpus, not the teacher's SentencePiece
+
+
+def test_options_are_checked_before_any_work(tmp_path):
+    train = [sys.executable, str(REPO / "recipes" / "default" / "train.py"), "--data", str(tmp_path), "--work",
+             str(tmp_path / "work")]
+    for extra, message in ((["--stages", "features"], "give --encoder"),
+                           (["--encoder", "x", "--stages", "features,lm"], "unknown stage lm"),
+                           (["--encoder", "x", "--mixed-right-context"], "--mixed-right-context needs --init-model")):
+        r = subprocess.run(train + extra, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and message in r.stderr
+    assert not (tmp_path / "work").exists()
