@@ -13,7 +13,7 @@
 #                 (synthetic_data.py)                                                           (2 + 20 min)
 #   3  base       the model the fine-tune starts from: BASE=git takes the previous shipped model
 #                 from git history (BASE_COMMIT); BASE=synthetic rebuilds it from synthetic voices
-#                 (base_synthetic.sh, ~7 h in several sessions, then swap_encoder.py)             (seconds)
+#                 over stage 0's encoder (base_synthetic.sh, ~7 h in several sessions)            (seconds)
 #   4  features   the base model's encoder at each copy's right context, cached                  (30 min)
 #   5  alignment  SentencePiece teacher tokenizer, CTC teacher, forced alignment onto BPE         (10 min)
 #   6  reallm     projector + decoder fine-tuned on the interleaved sequence                      (25 min)
@@ -80,8 +80,7 @@ if run 3; then
         else
             ENCODER="$WORK/whisper-base-encoder.safetensors" "$RECIPE/base_synthetic.sh" "$WORK/synthetic-data" \
                 "$WORK/synthetic"
-            python "$RECIPE/swap_encoder.py" "$WORK/synthetic/model.safetensors" \
-                "$WORK/whisper-base-encoder.safetensors" --right-context-ms 720 --hop-ms 480 --out "$WORK/base.partial"
+            cp "$WORK/synthetic/model.safetensors" "$WORK/base.partial"
         fi
         mv "$WORK/base.partial" "$WORK/base.safetensors"
     fi
