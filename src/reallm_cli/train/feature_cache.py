@@ -36,49 +36,30 @@ def stream_mel(audio: np.ndarray) -> torch.Tensor:
     return whisper_log_mel(audio, floor="running")[None]
 
 
-def encode_audio(encoder, audio: np.ndarray, **forward_options) -> torch.Tensor:
-    """Whole-utterance parallel encoder pass on the streaming front end's features: (T_out, C).
-    ``forward_options`` go to ``encoder.forward`` (e.g. ``full_attention=True`` for a Whisper encoder)."""
+def encode_audio(encoder, audio: np.ndarray) -> torch.Tensor:
+    """Whole-utterance parallel encoder pass on the streaming front end's features: (T_out, C)."""
     mel = stream_mel(audio)
     with torch.inference_mode():
-        frames, _ = encoder.forward(mel, torch.tensor([mel.shape[1]]), **forward_options)
+        frames, _ = encoder.forward(mel, torch.tensor([mel.shape[1]]))
     return frames[0]
 
 
-def build_cache(
-    entries: list[dict],
-    encoder,
-    out_dir: str | Path,
-    shard_size: int = 200,
-    log: Callable[[str], None] = print,
-    complete_only: bool = False,
-    worker: int = 0,
-    n_workers: int = 1,
-    encode: Callable[[np.ndarray], torch.Tensor] | None = None,
-) -> None:
-    """Encode every manifest entry (dicts with id, audio, text, duration) into shards under ``out_dir``.
-
-    ``complete_only`` skips a final short shard (for a manifest that is still growing); ``worker`` of
-    ``n_workers`` processes take every n-th shard, so several processes can share the work. ``encode``
-    (16 kHz audio -> (T, C) frames) replaces the default whole-utterance streaming pass of ``encoder``.
-    """
-    if encode is None:
-        def encode(audio: np.ndarray) -> torch.Tensor:
-            return encode_audio(encoder, audio)
-
+def build_cache(entries: list[dict], encoder, out_dir: str | Path, shard_size: int = 200,
+                log: Callable[[str], None] = print) -> None:
+    """Encode every manifest entry (dicts with id, audio, text, duration) into shards under ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    n_shards = (len(entries) // shard_size) if complete_only else (len(entries) + shard_size - 1) // shard_size
+    n_shards = (len(entries) + shard_size - 1) // shard_size
     t_start = time.perf_counter()
     audio_done = 0.0
-    for s in range(worker, n_shards, n_workers):
+    for s in range(n_shards):
         npy, idx = out / f"shard_{s:05d}.npy", out / f"shard_{s:05d}.jsonl"
         if npy.exists() and idx.exists():
             continue
         rows, arrays, offset = [], [], 0
         for e in entries[s * shard_size : (s + 1) * shard_size]:
             audio = load_audio(e["audio"])
-            frames = encode(audio).to(torch.float16).numpy()
+            frames = encode_audio(encoder, audio).to(torch.float16).numpy()
             arrays.append(frames)
             rows.append({"id": e["id"], "text": e["text"], "duration": len(audio) / 16000,
                          "offset": offset, "n_frames": int(frames.shape[0])})
