@@ -1,10 +1,21 @@
-"""What the default-model recipe scripts share: timestamped log lines and JSONL reading."""
+"""What the default-model recipe scripts share: where things are, timestamped log lines, JSONL reading."""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
+
+RECIPE = Path(__file__).resolve().parent
+REPO = RECIPE.parents[1]
+SHARED = REPO.parent / "shared"  # the speech and text beside the repository (../shared)
+SHARED_DATA = SHARED / "data"
+DEV_SETS = ("dev-real", "dev-nonnative", "dev-commonvoice")
+
+
+def ref_times(name: str) -> Path:
+    """Offline Whisper base's word times on dev set ``name``, kept beside the recipe (compare.py makes them)."""
+    return RECIPE / "ref_word_times" / f"{name}.jsonl"
 
 
 def log(msg: str) -> None:

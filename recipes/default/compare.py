@@ -23,16 +23,7 @@ from pathlib import Path
 import jiwer
 import torch
 
-from common import log  # recipes/default/common.py
-
-HERE = Path(__file__).resolve().parent
-SHARED_DATA = HERE.parents[1].parent / "shared" / "data"
-SETS = ("dev-real", "dev-nonnative", "dev-commonvoice")
-REF_TIMES = HERE / "ref_word_times"
-
-
-def ref_times(name: str) -> Path:
-    return REF_TIMES / f"{name}.jsonl"
+from common import DEV_SETS as SETS, SHARED_DATA, log, ref_times  # recipes/default/common.py
 
 
 def scores(rows: list[dict]) -> dict:
@@ -84,7 +75,7 @@ def run_peer(peer: str, shared: Path, name: str, threads: int) -> dict:
         times.append({"id": e.id, "words": [{"word": w.word.strip(), "start_s": round(w.start, 3),
                                              "end_s": round(w.end, 3)} for s in segs for w in (s.words or [])]})
     if peer == "whisper-base":
-        REF_TIMES.mkdir(exist_ok=True)
+        ref_times(name).parent.mkdir(exist_ok=True)
         ref_times(name).write_text("".join(json.dumps(t) + "\n" for t in times))
     return {**scores(rows), "rtf": round(compute_s / audio_s, 4), "delay_p50_s": None, "delay_p95_s": None,
             "delay_words": 0, "rows": rows}

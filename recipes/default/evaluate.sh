@@ -3,10 +3,12 @@
 #   recipes/default/evaluate.sh MODEL OUTDIR [DATA] [PRECISION]
 # dev-real (real speech; emission delay against offline Whisper base's word times, written by
 # scripts/baseline_whisper.py and kept beside this script), jfk through `reallm transcribe`,
-# and the synthetic held-out voice and held-out text sets made by make_data.py.
+# and the synthetic held-out voice and held-out text sets made by make_data.py (DATA: by default
+# runs/default/synthetic-data under the repository, where base_synthetic.sh has it made).
 set -euo pipefail
-MODEL=$1 OUT=$2 DATA=${3:-/work/data} PRECISION=${4:-fp32}
-SHARED=$(cd "$(dirname "$0")/../../.." && pwd)/shared/data
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+MODEL=$1 OUT=$2 DATA=${3:-$REPO/runs/default/synthetic-data} PRECISION=${4:-fp32}
+SHARED=$(cd "$REPO/.." && pwd)/shared/data
 REF=$(dirname "$0")/ref_word_times/dev-real.jsonl
 mkdir -p "$OUT"
 align=()

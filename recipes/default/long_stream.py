@@ -4,7 +4,7 @@ Joins the clips of a manifest into one stream (with a pause between them), trans
 session, gives each word to the clip its time falls in, and compares WER with the clips transcribed
 one by one, by where in the stream each clip starts:
 
-    python recipes/default/long_stream.py /work/data/heldout_voice.jsonl [--model M] [--clips 100]
+    python recipes/default/long_stream.py runs/default/synthetic-data/heldout_voice.jsonl [--model M] [--clips 100]
 """
 
 from __future__ import annotations

