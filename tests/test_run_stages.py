@@ -62,9 +62,11 @@ def test_stages_two_to_seven_on_a_tiny_corpus(tmp_path):
     labels = fake_shared(shared)
     work.mkdir()
     shutil.copy(resolve_model(None), work / "base.safetensors")  # stage 3's output, as BASE=git gives it
-    env = dict(os.environ, LABELS=str(labels), TEACHER_STEPS="4", REALLM_STEPS="3", REALLM_WARMUP="1",
-               MAX_FRAMES="600", VOCAB="300", THREADS="1",
-               SYNTH_HOURS="0.004", SYNTH_VOICES="espeak-us,espeak-rp", FINETUNE_IDS="")  # all of stage 2
+    ids = tmp_path / "ids.tsv"  # arm a: a listed subset, each utterance at its listed right context
+    ids.write_text("# id\tright_context_ms\nu0_sp1.0\t480\nu1_sp0.9\t720\nu2_sp1.1\t720\n")
+    env = dict(os.environ, LABELS=str(labels), TEACHER_STEPS="4", REALLM_WARMUP="1",
+               MAX_FRAMES="600", VOCAB="300", THREADS="1", ARMS=f"a:{ids}:2 b::3",  # b: all of stage 2
+               SYNTH_HOURS="0.004", SYNTH_VOICES="espeak-us,espeak-rp")
     common = ["--work", str(work), "--shared", str(shared)]
     out = run(["--stage", "2", "--stop-stage", "4", *common], env)
     assert "stage 2: data" in out and "stage 4: features" in out and "stage 5" not in out
@@ -77,11 +79,15 @@ def test_stages_two_to_seven_on_a_tiny_corpus(tmp_path):
     slow, fast = by_id["u0_sp0.9"], by_id["u0_sp1.1"]
     assert slow["text"] == "the cat sat on the mat" and slow["duration"] > fast["duration"]
     assert sf.info(slow["audio"]).samplerate == 16000
-    cached = {p.name for p in (work / "train" / "feats").glob("*/train_rc*")}
+    cached = {p.name for p in (work / "train-b" / "feats").glob("*/train_rc*")}
     assert cached == {f"train_rc{x['right_context_ms']}" for x in lines}  # one cache per drawn right context
+    subset = [json.loads(x) for x in (work / "data-a" / "train.jsonl").read_text().splitlines()]
+    assert {(x["id"], x["right_context_ms"]) for x in subset} == {("u0_sp1.0", 480), ("u1_sp0.9", 720),
+                                                                  ("u2_sp1.1", 720)}
+    assert {p.name for p in (work / "train-a" / "feats").glob("*/train_rc*")} == {"train_rc480", "train_rc720"}
     synthetic = [json.loads(x) for x in (work / "data" / "train_synthetic.jsonl").read_text().splitlines()]
     assert synthetic and {x["label_source"] for x in synthetic} <= {"synthetic:espeak-us", "synthetic:espeak-rp"}
-    cached = {p.name for p in (work / "train" / "feats").glob("*/train_synthetic_rc*")}
+    cached = {p.name for p in (work / "train-b" / "feats").glob("*/train_synthetic_rc*")}
     assert cached == {f"train_synthetic_rc{x['right_context_ms']}" for x in synthetic}
 
     made = {p: p.stat().st_mtime_ns for p in (work / "data" / "audio").glob("*.flac")}
@@ -95,7 +101,7 @@ def test_stages_two_to_seven_on_a_tiny_corpus(tmp_path):
     assert tok.model_proto == tok_base.model_proto and model.config == base.config
     moved = [k for k, v in model.state_dict().items() if k.startswith("decoder.")
              and not (v == base.state_dict()[k]).all()]
-    assert moved  # the merged decoder lies between the base and the fine-tuned one
+    assert moved  # the merged decoder lies between the base and the fine-tuned ones
 
 
 def test_unknown_option_is_refused_in_one_line(tmp_path):

@@ -11,13 +11,14 @@
 #   2  data       real speech at speeds 0.9/1.0/1.1, noise and reverberation; a right context
 #                 drawn per copy (real_data.py); SYNTH_HOURS of offline voices beside it
 #                 (synthetic_data.py)                                                           (2 + 20 min)
-#   3  base       the model the fine-tune starts from: BASE=git takes the previous shipped model
+#   3  base       the model the fine-tunes start from: BASE=git takes the previous shipped model
 #                 from git history (BASE_COMMIT); BASE=synthetic rebuilds it from synthetic voices
 #                 over stage 0's encoder (base_synthetic.sh, ~7 h in several sessions)            (seconds)
-#   4  features   the base model's encoder at each copy's right context, cached                  (30 min)
-#   5  alignment  SentencePiece teacher tokenizer, CTC teacher, forced alignment onto BPE         (10 min)
-#   6  reallm     projector + decoder fine-tuned on the interleaved sequence                      (25 min)
-#   7  export     fp16 model file; with MERGE=1 weighted 1:2 with the base (recipes' average.py)
+#   4  features   per fine-tune arm (ARMS, below): the base model's encoder at each copy's right
+#                 context, cached (3.9 h and 8.7 h of audio)                                    (60 min)
+#   5  alignment  per arm: SentencePiece teacher tokenizer, CTC teacher, alignment onto BPE      (10 min)
+#   6  reallm     per arm: projector + decoder fine-tuned on the interleaved sequence           (40 min)
+#   7  export     fp16 model files; the model is the mean of the base and the arms (average.py)
 #   8  evaluate   compare.py: the three dev sets beside offline Whisper tiny.en and base         (15 min)
 #   9  word timer a character CTC head over stage 4's frames, for word times finer than the chunk:
 #                 word-timer.safetensors beside the model, offsets from dev-commonvoice (word_timer.py) (20 min)
@@ -38,20 +39,26 @@ mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd) SHARED=$(cd "$SHARED" && pwd)  # absolute: the stages run from the repository's root
 cd "$REPO"
 BASE=${BASE:-git} BASE_COMMIT=${BASE_COMMIT:-c26ffdb}  # c26ffdb: the model shipped on 2026-12-03
-TEACHER_STEPS=${TEACHER_STEPS:-1500} REALLM_STEPS=${REALLM_STEPS:-600} REALLM_LR=${REALLM_LR:-2e-4}
-REALLM_WARMUP=${REALLM_WARMUP:-60} DROPOUT=${DROPOUT:-0.2} THREADS=${THREADS:-2} MERGE=${MERGE:-1}
+TEACHER_STEPS=${TEACHER_STEPS:-1500} REALLM_LR=${REALLM_LR:-2e-4}
+REALLM_WARMUP=${REALLM_WARMUP:-60} DROPOUT=${DROPOUT:-0.2} THREADS=${THREADS:-2}
 MAX_FRAMES=${MAX_FRAMES:-6000} VOCAB=${VOCAB:-512} SYNTH_HOURS=${SYNTH_HOURS:-2.5}
 SYNTH_VOICES=${SYNTH_VOICES:-}  # empty: every voice of synthetic_data.py
 LABELS=${LABELS:-$RECIPE/labels/unlabeled-real.jsonl}
 stamp() { echo "== $(date -u +%H:%M:%S) stage $*"; }
 run() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
-# the utterances (and right contexts) the shipped fine-tune trained on; empty: all of stage 2's data
-FINETUNE_IDS=${FINETUNE_IDS-$RECIPE/labels/finetune-2026-12-06.tsv}
-DATA=$WORK/data; [ -n "$FINETUNE_IDS" ] && DATA=$WORK/data-finetune
-train=(python "$RECIPE/train.py" --data "$DATA" --work "$WORK/train" --init-model "$WORK/base.safetensors"
-       --mixed-right-context --teacher-steps "$TEACHER_STEPS" --reallm-steps "$REALLM_STEPS" --vocab "$VOCAB"
-       --reallm-lr "$REALLM_LR" --reallm-warmup "$REALLM_WARMUP" --dropout "$DROPOUT" --feat-dropout "$DROPOUT"
-       --max-frames "$MAX_FRAMES" --threads "$THREADS" --out "$WORK/tuned.safetensors")
+# The shipped model is the mean of the base and two fine-tunes of it (2026-12-06, docs/experiments.md):
+# arm a on the utterances (and right contexts) of labels/finetune-2026-12-06.tsv, 600 steps; arm b on all
+# of stage 2's data, 1000 steps. NAME:IDS:STEPS per arm, IDS empty for all of stage 2.
+ARMS=${ARMS:-"a:$RECIPE/labels/finetune-2026-12-06.tsv:600 b::1000"}
+arm() {  # NAME IDS STEPS TRAIN.PY-STAGES: one arm's train.py call, in WORK/train-NAME on WORK/data-NAME
+    python "$RECIPE/train.py" --data "$WORK/data-$1" --work "$WORK/train-$1" --init-model "$WORK/base.safetensors" \
+        --mixed-right-context --teacher-steps "$TEACHER_STEPS" --reallm-steps "$3" --vocab "$VOCAB" \
+        --reallm-lr "$REALLM_LR" --reallm-warmup "$REALLM_WARMUP" --dropout "$DROPOUT" --feat-dropout "$DROPOUT" \
+        --max-frames "$MAX_FRAMES" --threads "$THREADS" --out "$WORK/tuned-$1.safetensors" --stages "$4"
+}
+each_arm() {  # TRAIN.PY-STAGES: run them for every arm
+    for a in $ARMS; do IFS=: read -r name ids steps <<< "$a"; arm "$name" "$ids" "$steps" "$1"; done
+}
 
 if run 0; then
     stamp "0: prepare"
@@ -87,20 +94,24 @@ if run 3; then
 fi
 if run 4; then
     stamp "4: features"
-    [ -n "$FINETUNE_IDS" ] && python "$RECIPE/subset.py" --data "$WORK/data" --ids "$FINETUNE_IDS" --out "$DATA"
-    "${train[@]}" --stages features
+    for a in $ARMS; do
+        IFS=: read -r name ids _ <<< "$a"
+        if [ -n "$ids" ]; then
+            python "$RECIPE/subset.py" --data "$WORK/data" --ids "$ids" --out "$WORK/data-$name"
+        else
+            mkdir -p "$WORK/data-$name" && cp "$WORK"/data/train*.jsonl "$WORK/data-$name/"
+        fi
+    done
+    each_arm features
 fi
-if run 5; then stamp "5: alignment"; "${train[@]}" --stages tokenizer,teacher,align,retokenize; fi
-if run 6; then stamp "6: reallm"; "${train[@]}" --stages reallm; fi
+if run 5; then stamp "5: alignment"; each_arm tokenizer,teacher,align,retokenize; fi
+if run 6; then stamp "6: reallm"; each_arm reallm; fi
 if run 7; then
     stamp "7: export"
-    "${train[@]}" --stages export
-    if [ "$MERGE" = 1 ]; then
-        python "$RECIPE/average.py" "$WORK/base.safetensors" "$WORK/base.safetensors" "$WORK/tuned.safetensors" \
-            --out "$WORK/model.safetensors"  # 2:1, base to fine-tune (dev sets, 2026-12-06)
-    else
-        cp "$WORK/tuned.safetensors" "$WORK/model.safetensors"
-    fi
+    each_arm export
+    models=("$WORK/base.safetensors")
+    for a in $ARMS; do models+=("$WORK/tuned-${a%%:*}.safetensors"); done
+    python "$RECIPE/average.py" "${models[@]}" --out "$WORK/model.safetensors"  # equal weights
 fi
 if run 8; then
     stamp "8: evaluate"
@@ -109,7 +120,7 @@ if run 8; then
 fi
 if run 9; then
     stamp "9: word timer"
-    [ -f "$WORK/word-timer.safetensors" ] || python "$RECIPE/word_timer.py" train --feats "$WORK"/train/feats/*_rcmix_* \
+    [ -f "$WORK/word-timer.safetensors" ] || python "$RECIPE/word_timer.py" train --feats "$WORK"/train-b/feats/*_rcmix_* \
         --model "$WORK/model.safetensors" --out "$WORK/word-timer.safetensors" --calibrate dev-commonvoice \
         --shared "$SHARED" --threads "$THREADS"
 fi
