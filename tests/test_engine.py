@@ -270,3 +270,30 @@ def test_a_word_that_never_ends_is_cut_at_max_word_pieces(recognizer):
     assert words[0].text == tok.decode([inner] * 5).strip() and words[1].start_s == 5 * 0.24
     with pytest.raises(ValueError):
         DecodeOptions(max_word_pieces=0)
+
+
+@pytest.mark.parametrize("kind", ["conformer", "whisper-right-context"])
+def test_emit_time_is_when_the_chunk_can_first_be_decoded(kind, rc_recognizer):
+    """Audio pushed 1 ms at a time: the first moment each chunk's frames are all out of the encoder is the
+    time ``emit_s`` assumes (chunk end, encoder look-ahead, and the front end's STFT half window)."""
+    from reallm_cli.engine import EncoderStage, frontend_lookahead_ms
+
+    if kind == "conformer":
+        tok = placeholder_tokenizer(64)
+        model = tiny_model(tok.vocab_size).eval()
+    else:
+        model = rc_recognizer.model
+    enc = model.encoder
+    stage = EncoderStage(model)
+    audio = synthetic_audio(3.0, seed=1)
+    fpc, frames_out, ready_ms = model.frames_per_chunk, 0, {}
+    with torch.inference_mode():
+        for i in range(0, len(audio), 16):
+            frames_out += stage.push(audio[i : i + 16]).reshape(-1, enc.out_dim).shape[0]
+            for c in range(frames_out // fpc):
+                ready_ms.setdefault(c, (i + 16) / 16)
+    assert len(ready_ms) >= 6
+    for c, at in ready_ms.items():
+        hop_end = -(-(c + 1) // enc.hop_chunks) * enc.hop_chunks  # the hop finishes all its chunks together
+        expected = hop_end * 240 + enc.lookahead_ms - (enc.hop_chunks - 1) * 240 + frontend_lookahead_ms(enc)
+        assert at == np.ceil(expected), (c, at, expected)  # 1 ms pushes: the first whole ms at or past it

@@ -16,6 +16,7 @@ begin, and decoding goes on from there. (The encoder restarts its own windows li
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -24,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reallm_cli.audio.features import StreamingLogMel
+from reallm_cli.audio.features import PAD_SAMPLES, StreamingLogMel
 from reallm_cli.results import Event, Word
 from reallm_cli.stats import SessionStats
-from reallm_cli.timebase import SAMPLE_RATE
+from reallm_cli.timebase import MEL_FRAME_MS, SAMPLE_RATE
 from reallm_cli.tokenizer import Tokenizer
 
 
@@ -54,6 +55,14 @@ class _PendingWord:
     pieces: list[int]
     first_chunk: int
     last_chunk: int
+
+
+def frontend_lookahead_ms(encoder) -> float:
+    """Audio past a chunk's end that the front end needs before the encoder can finish the chunk's last
+    frame: the STFT's half window past the centre of the last mel frame the encoder's stem reads, which
+    lies ``stem_lookahead_ms`` after the chunk's own last mel frame (12.5 ms for Whisper's conv stem, which
+    reads one mel frame ahead; 2.5 ms for a causal stem)."""
+    return PAD_SAMPLES * 1000 / SAMPLE_RATE + encoder.stem_lookahead_ms - MEL_FRAME_MS
 
 
 class EncoderStage:
@@ -153,9 +162,10 @@ class Emission:
         # word times from the encoder's frames (``word_times``), when the model has a word timer
         self._track = (word_timer.track(model.frames_per_chunk, self._lead, self._chunk_s / model.frames_per_chunk)
                        if word_timer is not None else None)
-        # The embedding of chunk c can be computed once audio up to its end plus the look-ahead arrived; an
-        # encoder that finishes hops of several chunks (right-context mode) finishes chunk c with its hop.
-        self._delay_s = model.encoder.lookahead_ms / 1000
+        # The embedding of chunk c can be computed once audio up to its end plus the look-ahead arrived (the
+        # encoder's and the front end's); an encoder that finishes hops of several chunks (right-context
+        # mode) finishes chunk c with its hop.
+        self._delay_s = (model.encoder.lookahead_ms + frontend_lookahead_ms(model.encoder)) / 1000
         self._hop = model.encoder.hop_chunks
         self.word: _PendingWord | None = None
 
@@ -203,7 +213,8 @@ class Emission:
         shown_s = (hop_end - self._lead) * self._chunk_s + self._delay_s - (self._hop - 1) * self._chunk_s
         end_s = max(w.last_chunk + 1 - self._lead - d, 1) * self._chunk_s
         text = self._tok.decode(w.pieces).strip()
-        emit_s = round(max(shown_s, end_s + self._delay_s), 3)
+        # to the whole ms at or after it (the front end's look-ahead is 12.5 ms): shown no sooner than that
+        emit_s = math.ceil(round(max(shown_s, end_s + self._delay_s) * 1000, 6)) / 1000
         start_s, end_s = round(max(w.first_chunk - self._lead - d, 0) * self._chunk_s, 3), round(end_s, 3)
         if self._track is not None:  # finer times from the frames around the word's chunks
             start_s, end_s = self._track.word_times(

@@ -10,7 +10,7 @@ class Word:
     text: str
     start_s: float  # stream time at which the chunk holding its first piece began
     end_s: float  # stream time at which the chunk holding its last piece ended
-    emit_s: float  # stream time by which its whole text was shown: chunk end + encoder look-ahead
+    emit_s: float  # stream time by which its whole text was shown: chunk end + encoder and front-end look-ahead
 
 
 @dataclass(frozen=True)

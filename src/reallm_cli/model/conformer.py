@@ -238,6 +238,7 @@ class ConformerEncoder(nn.Module):
 
     lookahead_ms = 0
     hop_chunks = 1
+    stem_lookahead_ms = 0  # the causal subsampling reads no mel frame past a chunk's own
 
     def __init__(self, cfg: ConformerConfig):
         super().__init__()

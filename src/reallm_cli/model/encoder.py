@@ -7,6 +7,8 @@ Contract (both encoders, the Conformer and the chunk-causal Whisper, keep it):
 - output frames of chunk c depend on mel up to the end of chunk c plus ``lookahead_ms`` only;
 - ``hop_chunks`` chunks become final together (1, or a hop of an encoder in right-context mode): chunk c's
   frames are ready at the end of its hop plus ``lookahead_ms - (hop_chunks - 1) * chunk_ms``;
+- ``stem_lookahead_ms``: how far past a chunk's last mel frame the input stem reads (the front end then
+  needs the STFT's half window past that frame's centre: ``engine.frontend_lookahead_ms``);
 - ``forward`` runs a whole utterance in parallel (chunk-causal masks); ``init_state``/``step``/``flush``
   stream it; the frames that ``step`` and ``flush`` return, concatenated, equal ``forward``'s.
   ``step`` returns only frames that are final (whole chunks whose look-ahead has arrived).
@@ -26,6 +28,7 @@ class StreamingEncoder(Protocol):
     chunk_ms: int
     lookahead_ms: int
     hop_chunks: int
+    stem_lookahead_ms: int
 
     def forward(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T_mel, 80), (B,) -> frames (B, T_out, out_dim), lengths (B,)."""
