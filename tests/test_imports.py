@@ -71,3 +71,19 @@ def test_src_has_no_import_circle():
     graph = import_graph()
     assert "reallm_cli.train.trainer" in graph and graph["reallm_cli.train.teacher"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_command_asks_for_passive_openmp_waiting_before_torch_loads():
+    """Set before torch is imported (afterwards it has no effect), and a user's own choice is kept."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, reallm_cli.cli.app; print(os.environ['OMP_WAIT_POLICY'])"
+    probe = "import sys, os, reallm_cli.cli; print('torch' in sys.modules, os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["False", "PASSIVE"]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, check=True)
+    assert out.stdout.strip() == "ACTIVE"
