@@ -59,7 +59,7 @@ def tiny_right_context_model(vocab_size: int, d: int, enc_heads: int, enc_layers
     from reallm_cli.model.checkpoint import build_model
     from reallm_cli.model.decoder import DecoderConfig
     from reallm_cli.model.reallm import ReaLLMConfig
-    from reallm_cli.model.whisper_encoder import WhisperEncoderConfig
+    from reallm_cli.model.whisper_config import WhisperEncoderConfig
 
     torch.manual_seed(seed)
     enc = WhisperEncoderConfig(d_model=d, n_heads=enc_heads, n_layers=enc_layers, ffn_dim=2 * d, right_context_ms=720,

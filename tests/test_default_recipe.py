@@ -108,7 +108,7 @@ def test_a_new_decoder_on_the_encoder_of_a_trained_model(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     before, tok_before = load_model(base)
     c = before.encoder.config
-    assert f"the encoder of {base}: chunk {c.chunk_ms} ms, right context {c.right_context_ms} ms, hop {c.step_ms} ms" in r.stdout
+    assert f"the encoder of {base}: chunk {c.chunk_ms} ms, right context {c.right_context_ms} ms, hop {c.hop_ms} ms" in r.stdout
 
     after, tok_after = load_model(out)
     assert after.encoder.config == before.encoder.config  # (an older file's config lacks the newer defaults)

@@ -105,7 +105,7 @@ def test_offline_tiny_en_teacher_agrees_with_a_real_transcript(shared_data, tmp_
     import re
 
     from reallm_cli.audio.source import load_audio
-    from reallm_cli.model.whisper_encoder import load_whisper_encoder
+    from reallm_cli.model.whisper_file import load_whisper_encoder
     from reallm_cli.model.whisper_import import convert_installed_whisper, find_installed_whisper
     from reallm_cli.text import normalize_text
     from reallm_cli.tokenizer import whisper_bpe_subset

@@ -21,7 +21,7 @@ from pathlib import Path
 from reallm_cli.errors import ReallmError
 from reallm_cli.model.checkpoint import load_model, model_extra, save_model
 from reallm_cli.model.reallm import ReaLLM
-from reallm_cli.model.whisper_encoder import load_whisper_encoder
+from reallm_cli.model.whisper_file import load_whisper_encoder
 
 
 def main() -> int:
@@ -39,9 +39,8 @@ def main() -> int:
         if model.config.encoder_kind != "whisper":
             raise ReallmError(f"{args.model} has a {model.config.encoder_kind} encoder, not a Whisper one")
         cfg = model.encoder.config
-        schedule = dict(lookahead_ms=0, right_context_ms=args.right_context_ms, hop_ms=args.hop_ms) \
-            if args.right_context_ms else dict(lookahead_ms=cfg.lookahead_ms, right_context_ms=cfg.right_context_ms,
-                                               hop_ms=cfg.hop_ms)
+        schedule = dict(right_context_ms=args.right_context_ms, hop_ms=args.hop_ms) \
+            if args.right_context_ms else dict(right_context_ms=cfg.right_context_ms, hop_ms=cfg.hop_ms)
         enc = load_whisper_encoder(args.encoder, chunk_ms=cfg.chunk_ms, window_ms=cfg.window_ms,
                                    overlap_ms=cfg.overlap_ms, **schedule)
         if dataclasses.replace(enc.config, **schedule) != dataclasses.replace(cfg, **schedule):

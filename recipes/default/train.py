@@ -42,7 +42,7 @@ from reallm_cli.align.retokenize import byte_level_bytes, sentencepiece_bytes, t
 from reallm_cli.model.checkpoint import is_model_file, load_model, save_model
 from reallm_cli.model.decoder import DecoderConfig, LlamaDecoder
 from reallm_cli.model.reallm import ReaLLM, ReaLLMConfig
-from reallm_cli.model.whisper_encoder import load_whisper_encoder
+from reallm_cli.model.whisper_file import load_whisper_encoder
 from reallm_cli.model.whisper_import import find_installed_whisper, import_whisper_decoder
 from reallm_cli.text import normalize_text
 from reallm_cli.tokenizer import SentencePieceTokenizer, tokenizer_from_bytes, train_tokenizer, whisper_bpe_subset
@@ -82,18 +82,16 @@ def main() -> None:
                          "reallm model file whose encoder to reuse (its chunk and look-ahead then win)")
     ap.add_argument("--out", type=Path, default=Path("weights/reallm-default.safetensors"))
     ap.add_argument("--chunk-ms", type=int, default=240)
-    ap.add_argument("--lookahead-ms", type=int, default=240)
     ap.add_argument("--right-context-ms", type=int, default=0,
-                    help="right-context mode instead of the layer-wise look-ahead: every encoder layer sees this much "
-                         "audio ahead, recomputed at each step (needs an imported --encoder; with --init-model, "
-                         "that encoder replaces the model's)")
+                    help="every encoder layer sees this much audio ahead, recomputed at each step (0 with --hop-ms 0: "
+                         "chunk-causal; with --init-model, the imported --encoder replaces the model's)")
     ap.add_argument("--hop-ms", type=int, default=0, help="right-context mode: audio finished per encoder step")
     ap.add_argument("--features-full-attention", action="store_true",
                     help="cache frames of the encoder seeing each whole utterance (one fast pass) instead of its "
                          "streaming schedule; the decoder then trains on frames near what right-context mode gives")
     ap.add_argument("--mixed-right-context", action="store_true",
                     help="cache each utterance's frames with the right context its manifest line names "
-                         "(right_context_ms, drawn by real_data.py), so one decoder serves every --lookahead-ms; "
+                         "(right_context_ms, drawn by real_data.py), so one decoder serves every --right-context-ms; "
                          "needs --init-model of a right-context model")
     ap.add_argument("--vocab", type=int, default=512)
     ap.add_argument("--teacher-steps", type=int, default=3000)
@@ -158,7 +156,6 @@ def main() -> None:
 
     def right_context_encoder():
         """The imported --encoder in right-context mode (--right-context-ms, --hop-ms)."""
-        args.lookahead_ms = 0
         return load_whisper_encoder(args.encoder, chunk_ms=args.chunk_ms, right_context_ms=args.right_context_ms,
                                     hop_ms=args.hop_ms)
 
@@ -168,11 +165,11 @@ def main() -> None:
         if init_model.config.encoder_kind != "whisper":
             sys.exit(f"--init-model {args.init_model}: not a Whisper-encoder model")
         encoder = init_model.encoder
-        args.chunk_ms, args.lookahead_ms = encoder.config.chunk_ms, encoder.config.lookahead_ms
+        args.chunk_ms = encoder.config.chunk_ms
         if args.right_context_ms:  # the model's projector and decoder on another encoder, in right-context mode
             encoder = right_context_encoder()
             log(f"fine-tuning {args.init_model}'s projector and decoder on {args.encoder}, right context "
-                f"{args.right_context_ms} ms, hop {encoder.config.step_ms} ms")
+                f"{args.right_context_ms} ms, hop {encoder.config.hop_ms} ms")
         else:
             args.right_context_ms, args.hop_ms = encoder.config.right_context_ms, encoder.config.hop_ms
             log(f"fine-tuning {args.init_model}: its encoder, tokenizer ({init_tok.vocab_size} tokens) and config")
@@ -182,23 +179,17 @@ def main() -> None:
             sys.exit(f"--encoder {args.encoder}: not a Whisper-encoder model")
         encoder = source.encoder
         c = encoder.config
-        args.chunk_ms, args.lookahead_ms, args.right_context_ms, args.hop_ms = \
-            c.chunk_ms, c.lookahead_ms, c.right_context_ms, c.hop_ms
-        schedule = f"right context {c.right_context_ms} ms, hop {c.step_ms} ms" if c.right_context_ms \
-            else f"look-ahead {c.lookahead_ms} ms"
-        log(f"the encoder of {args.encoder}: chunk {args.chunk_ms} ms, {schedule}")
-    elif args.right_context_ms:
-        encoder = right_context_encoder()
+        args.chunk_ms, args.right_context_ms, args.hop_ms = c.chunk_ms, c.right_context_ms, c.hop_ms
+        log(f"the encoder of {args.encoder}: chunk {args.chunk_ms} ms, right context {c.right_context_ms} ms, "
+            f"hop {c.hop_ms} ms")
     else:
-        encoder = load_whisper_encoder(args.encoder, chunk_ms=args.chunk_ms, lookahead_ms=args.lookahead_ms)
+        encoder = right_context_encoder()
     encoder.eval()
-    feat_tag = f"c{args.chunk_ms}_la{args.lookahead_ms}"
+    feat_tag = f"c{args.chunk_ms}_rc{args.right_context_ms}_hop{encoder.config.hop_ms}"
     if args.features_full_attention:
         feat_tag = f"c{args.chunk_ms}_full"
     elif args.mixed_right_context:
-        feat_tag = f"c{args.chunk_ms}_rcmix_hop{encoder.config.step_ms}"
-    elif args.right_context_ms:
-        feat_tag = f"c{args.chunk_ms}_rc{args.right_context_ms}_hop{encoder.config.step_ms}"
+        feat_tag = f"c{args.chunk_ms}_rcmix_hop{encoder.config.hop_ms}"
     # every train*.jsonl of --data (real_data.py: train.jsonl, synthetic_data.py: train_synthetic.jsonl);
     # held-out sets are evaluated from audio, through the engine
     sets = {"train": sorted(p.name for p in args.data.glob("train*.jsonl")) or ["train.jsonl"]}

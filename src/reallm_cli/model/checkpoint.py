@@ -30,9 +30,10 @@ def build_encoder(kind: str, cfg: dict):
 
         return ConformerEncoder(ConformerConfig(**cfg))
     if kind == "whisper":
-        from reallm_cli.model.whisper_encoder import WhisperEncoderConfig, WhisperStreamingEncoder
+        from reallm_cli.model.whisper_config import WhisperEncoderConfig
+        from reallm_cli.model.whisper_encoder import WhisperStreamingEncoder
 
-        return WhisperStreamingEncoder(WhisperEncoderConfig(**cfg))
+        return WhisperStreamingEncoder(WhisperEncoderConfig.from_dict(cfg))
     raise ModelError(f"unknown encoder kind {kind!r} in model file")
 
 
@@ -110,12 +111,9 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32,
             if raw.get("encoder_kind") != "whisper":
                 raise ModelError(f"{path}: the look-ahead can be changed only for a Whisper-encoder model")
             enc = raw["encoder"]
-            if enc.get("right_context_ms"):
-                enc["right_context_ms"] = lookahead_ms
-                if lookahead_ms == 0:
-                    enc["hop_ms"] = 0
-            else:
-                enc["lookahead_ms"] = lookahead_ms
+            enc["right_context_ms"] = lookahead_ms
+            if lookahead_ms == 0:  # chunk-causal: a hop of one chunk
+                enc["hop_ms"] = 0
         config = ReaLLMConfig.from_dict(raw)
         tokenizer = tokenizer_from_bytes(base64.b64decode(meta["tokenizer"]))
     except (KeyError, ValueError, TypeError) as exc:
