@@ -41,7 +41,7 @@ def test_config_is_consistent_and_the_card_describes_it():
     cfg, enc = rec.model.config, rec.model.encoder.config
     assert cfg.encoder_kind == "whisper" and enc.right_context_ms > 0  # the shipped mode is right context
     # the longest a chunk waits past its end: the right context, and the rest of its hop
-    assert rec.model.encoder.lookahead_ms == enc.right_context_ms + enc.hop_ms - enc.chunk_ms
+    assert rec.model.encoder.wait_ms == enc.right_context_ms + enc.hop_ms - enc.chunk_ms
     assert rec.options.lead_in_chunks * rec.model.chunk_ms == cfg.lead_in_ms > 0
     assert rec.options.emit_delay_chunks == cfg.emit_delay_chunks
     assert rec.model.frames_per_chunk % cfg.slots_per_chunk == 0
@@ -125,7 +125,7 @@ def test_a_shorter_right_context_at_load_still_recognises_real_speech():
     from reallm_cli.engine import Recognizer
 
     rec = Recognizer.load(None, lookahead_ms=480)
-    assert (rec.model.encoder.config.right_context_ms, rec.model.encoder.lookahead_ms) == (480, 720)
+    assert (rec.model.encoder.config.right_context_ms, rec.model.encoder.wait_ms) == (480, 720)
     refs, hyps = zip(*dev_real_sentences(options=("--lookahead-ms", "480")).values())
     wer = jiwer.wer(list(refs), [h or "-" for h in hyps])
     assert wer < 0.3, (wer, hyps)  # measured when added: 0.161 (fp16; 15 errors of 93)

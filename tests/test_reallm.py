@@ -129,11 +129,11 @@ def test_a_right_context_encoder_survives_the_model_file_and_its_lookahead_can_b
     save_model(tmp_path / "m.safetensors", whisper_model(tok.vocab_size, right_context_ms=720, hop_ms=480), tok)
     loaded, _ = load_model(tmp_path / "m.safetensors")
     cfg = loaded.encoder.config
-    assert (cfg.right_context_ms, cfg.hop_ms, loaded.encoder.lookahead_ms) == (720, 480, 960)
+    assert (cfg.right_context_ms, cfg.hop_ms, loaded.encoder.wait_ms) == (720, 480, 960)
     wider, _ = load_model(tmp_path / "m.safetensors", lookahead_ms=960)
-    assert (wider.encoder.config.right_context_ms, wider.encoder.lookahead_ms) == (960, 1200)
+    assert (wider.encoder.config.right_context_ms, wider.encoder.wait_ms) == (960, 1200)
     causal, _ = load_model(tmp_path / "m.safetensors", lookahead_ms=0)
-    assert (causal.encoder.config.right_context_ms, causal.encoder.config.hop_ms, causal.encoder.lookahead_ms) == (0, 240, 0)
+    assert (causal.encoder.config.right_context_ms, causal.encoder.config.hop_ms, causal.encoder.wait_ms) == (0, 240, 0)
     # the engine streams it: every chunk of a 3 s stream decoded, in blocks of any size
     rec = Recognizer(loaded, tok)
     s = rec.session()

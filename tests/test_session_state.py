@@ -80,7 +80,7 @@ class _NoiseEncoder(nn.Module):
     fixed memory: the hours of this test cost the decoder's work only, not an encoder's per frame."""
 
     frame_ms = 20
-    lookahead_ms = 0
+    wait_ms = 0
     hop_chunks = 1
 
     def __init__(self, chunk_ms: int, out_dim: int = 8) -> None:

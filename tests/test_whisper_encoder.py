@@ -141,7 +141,7 @@ def test_a_chunk_sees_exactly_its_hop_and_right_context(rc_chunks, hop_chunks):
     """Output chunk c (the first of its hop) depends on mel up to the end of its hop plus the right context (and
     the conv stem's frame), and really on the last chunk of that span; the engine waits for as much."""
     model = small(right_context_ms=240 * rc_chunks, hop_ms=240 * hop_chunks, n_layers=4)
-    assert model.lookahead_ms == 240 * (rc_chunks + hop_chunks - 1)  # what the engine waits for past chunk c's end
+    assert model.wait_ms == 240 * (rc_chunks + hop_chunks - 1)  # what the engine waits for past chunk c's end
     c = 2 * hop_chunks
     beyond, last = dependence(model, c, limit=24 * (c + hop_chunks + rc_chunks) + 1)
     assert beyond < 1e-6
@@ -219,7 +219,7 @@ def test_full_attention_is_unmasked_and_bounded():
 def test_protocol_attributes():
     model = small(chunk_ms=480, right_context_ms=480, hop_ms=960)
     assert isinstance(model, StreamingEncoder)
-    assert (model.out_dim, model.frame_ms, model.chunk_ms, model.lookahead_ms, model.hop_chunks) == (32, 20, 480, 960, 2)
+    assert (model.out_dim, model.frame_ms, model.chunk_ms, model.wait_ms, model.hop_chunks) == (32, 20, 480, 960, 2)
 
 
 def test_bad_stream_input_is_a_clear_error():

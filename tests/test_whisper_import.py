@@ -235,7 +235,7 @@ def test_convert_installed_writes_a_loadable_file(tmp_path):
     cfg = convert_installed_whisper("tiny.en", out, dtype=torch.float16)
     assert cfg.source == "whisper-tiny.en"
     model = load_whisper_encoder(out, chunk_ms=480, right_context_ms=480)
-    assert model.chunk_ms == 480 and model.lookahead_ms == 480
+    assert model.chunk_ms == 480 and model.wait_ms == 480
     with torch.no_grad():
         y, _ = model(mel, torch.tensor([1100]), full_attention=True)
     assert (y - ref).abs().max().item() < 5e-2

@@ -153,9 +153,9 @@ class Emission:
         # word times from the encoder's frames (``word_times``), when the model has a word timer
         self._track = (word_timer.track(model.frames_per_chunk, self._lead, self._chunk_s / model.frames_per_chunk)
                        if word_timer is not None else None)
-        # The embedding of chunk c can be computed once audio up to its end plus the look-ahead arrived; an
-        # encoder that finishes hops of several chunks (right-context mode) finishes chunk c with its hop.
-        self._delay_s = model.encoder.lookahead_ms / 1000
+        # The embedding of chunk c can be computed once audio up to its end plus the encoder's wait arrived;
+        # an encoder that finishes hops of several chunks finishes chunk c with its hop.
+        self._delay_s = model.encoder.wait_ms / 1000
         self._hop = model.encoder.hop_chunks
         self.word: _PendingWord | None = None
 
@@ -195,8 +195,8 @@ class Emission:
         """The word's text and times; ``next_pieces`` begin the next word, and no frame after chunk
         ``upto_chunk`` is looked at (the word timer's answer must not depend on how far the encoder ran)."""
         # The word's whole text is on screen (as partial) once the chunk of its last piece is decoded,
-        # which needs audio up to that chunk's end plus the encoder's look-ahead.
-        # (a word in the lead-in's last chunk, heard through the look-ahead, starts at 0)
+        # which needs audio up to that chunk's end plus the encoder's wait.
+        # (a word in the lead-in's last chunk, heard through the encoder's right context, starts at 0)
         # A model that writes words d chunks late heard them d chunks before the chunk they are written in.
         d = self._opts.emit_delay_chunks
         hop_end = -(-(w.last_chunk + 1) // self._hop) * self._hop  # chunk index just after the hop of the last piece
@@ -367,14 +367,14 @@ class Recognizer:
         return rec
 
     def lead_in_embeddings(self) -> list[torch.Tensor]:
-        """The speech slots (slots, D) of each lead-in chunk of a fresh stream, pure digital silence (its
-        look-ahead too): what a restarted decoder context begins with."""
+        """The speech slots (slots, D) of each lead-in chunk of a fresh stream, pure digital silence (the
+        audio the encoder waits for too): what a restarted decoder context begins with."""
         model, n = self.model, self.options.lead_in_chunks
         if n == 0:
             return []
         if n not in self._lead_in_embeddings:
             chunk = round(model.chunk_ms * SAMPLE_RATE / 1000)
-            silence = np.zeros((n + 1) * chunk + round(model.encoder.lookahead_ms * SAMPLE_RATE / 1000), np.float32)
+            silence = np.zeros((n + 1) * chunk + round(model.encoder.wait_ms * SAMPLE_RATE / 1000), np.float32)
             with torch.inference_mode():
                 mel = StreamingLogMel().push(silence)
                 frames, _ = model.encoder.step(mel[None], model.encoder.init_state(1))

@@ -236,7 +236,7 @@ def _chunk_attention(q, k, v, lengths: torch.Tensor, chunk_frames: int, left_chu
 class ConformerEncoder(nn.Module):
     """StreamingEncoder: (B, T_mel, 80) log-mel -> (B, T_mel // 4, d_model), one frame per 40 ms."""
 
-    lookahead_ms = 0
+    wait_ms = 0
     hop_chunks = 1
 
     def __init__(self, cfg: ConformerConfig):

@@ -92,7 +92,7 @@ class WhisperStreamingEncoder(nn.Module):
         self.out_dim = config.d_model
         self.frame_ms = FRAME_MS
         self.chunk_ms = config.chunk_ms
-        self.lookahead_ms = config.wait_ms  # what the engine waits for past a chunk's end (at most)
+        self.wait_ms = config.wait_ms  # what the engine waits for past a chunk's end (at most)
         self.hop_chunks = config.hop_chunks  # chunks a step finishes together
         self.conv1 = nn.Conv1d(config.n_mels, config.d_model, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(config.d_model, config.d_model, kernel_size=3, stride=2, padding=1)
