@@ -120,7 +120,7 @@ def whisper_model(vocab_size: int, **encoder_kw):
     return build_model(ReaLLMConfig(encoder_kind="whisper", encoder=asdict(enc), decoder=dec, lead_in_ms=480))
 
 
-def test_a_right_context_encoder_survives_the_model_file_and_its_lookahead_can_be_changed(tmp_path):
+def test_a_right_context_encoder_survives_the_model_file_and_its_right_context_can_be_changed(tmp_path):
     import numpy as np
 
     from reallm_cli.engine import Recognizer
@@ -130,9 +130,9 @@ def test_a_right_context_encoder_survives_the_model_file_and_its_lookahead_can_b
     loaded, _ = load_model(tmp_path / "m.safetensors")
     cfg = loaded.encoder.config
     assert (cfg.right_context_ms, cfg.hop_ms, loaded.encoder.wait_ms) == (720, 480, 960)
-    wider, _ = load_model(tmp_path / "m.safetensors", lookahead_ms=960)
+    wider, _ = load_model(tmp_path / "m.safetensors", right_context_ms=960)
     assert (wider.encoder.config.right_context_ms, wider.encoder.wait_ms) == (960, 1200)
-    causal, _ = load_model(tmp_path / "m.safetensors", lookahead_ms=0)
+    causal, _ = load_model(tmp_path / "m.safetensors", right_context_ms=0)
     assert (causal.encoder.config.right_context_ms, causal.encoder.config.hop_ms, causal.encoder.wait_ms) == (0, 240, 0)
     # the engine streams it: every chunk of a 3 s stream decoded, in blocks of any size
     rec = Recognizer(loaded, tok)

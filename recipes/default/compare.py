@@ -48,7 +48,7 @@ def run_reallm(model: str | None, shared: Path, name: str, lookahead_ms: int | N
     from reallm_cli.engine import Recognizer
     from reallm_cli.evaluate import evaluate
 
-    rec = Recognizer.load(model, precision=precision, lookahead_ms=lookahead_ms)
+    rec = Recognizer.load(model, precision=precision, right_context_ms=lookahead_ms)
     align = ref_times(name)
     report = evaluate(rec, shared / name / "manifest.jsonl", model or "default", "none",
                       align if align.exists() else None)

@@ -202,7 +202,7 @@ def main() -> None:
                     if args.mixed_right_context:
                         lines = read_jsonl(args.data / f)
                         for rc in sorted({e["right_context_ms"] for e in lines}):
-                            enc_rc = load_model(args.init_model, lookahead_ms=rc)[0].encoder.eval()
+                            enc_rc = load_model(args.init_model, right_context_ms=rc)[0].encoder.eval()
                             log(f"encoding {f} (right context {rc} ms) -> {d}_rc{rc}")
                             build_cache([e for e in lines if e["right_context_ms"] == rc], enc_rc,
                                         d.parent / f"{d.name}_rc{rc}", log=log)

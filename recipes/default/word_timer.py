@@ -179,7 +179,7 @@ def run_set(model: str | None, timer_path: Path | None, shared: Path, name: str,
     from reallm_cli.word_times import WordTimer
 
     torch.set_num_threads(threads)
-    rec = Recognizer.load(model, precision="fp32", lookahead_ms=lookahead_ms)
+    rec = Recognizer.load(model, precision="fp32", right_context_ms=lookahead_ms)
     if timer_path is not None:
         rec.word_timer = WordTimer.load(timer_path) if timer_path.name != "none" else None
     refs = {}

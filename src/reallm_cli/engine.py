@@ -345,11 +345,11 @@ class Recognizer:
                                                 emit_delay_chunks=cfg.emit_delay_chunks)
 
     @classmethod
-    def load(cls, model: str | Path | None = None, precision: str = "auto", lookahead_ms: int | None = None,
+    def load(cls, model: str | Path | None = None, precision: str = "auto", right_context_ms: int | None = None,
              **option_overrides) -> "Recognizer":
         """Load by registry name, path, or None for the embedded default model; ``precision`` is auto, fp32,
-        bf16, fp16 or int8 (the linear layers converted on load, see ``model.quantize``); ``lookahead_ms``
-        replaces a Whisper encoder's look-ahead (None: the model's own)."""
+        bf16, fp16 or int8 (the linear layers converted on load, see ``model.quantize``); ``right_context_ms``
+        replaces a Whisper encoder's right context (None: the model's own; see ``load_model``)."""
         from reallm_cli.model.checkpoint import load_model
         from reallm_cli.model.quantize import apply_precision, resolve_precision
         from reallm_cli.weights import resolve_model
@@ -358,7 +358,7 @@ class Recognizer:
         from reallm_cli.word_times import find_word_timer
 
         path = resolve_model(model)
-        m, tok = load_model(path, lookahead_ms=lookahead_ms)
+        m, tok = load_model(path, right_context_ms=right_context_ms)
         timer = find_word_timer(path, m.encoder)  # before quantisation: it checks the encoder's weights
         apply_precision(m, precision)
         rec = cls(m, tok, precision=precision, word_timer=timer)

@@ -99,26 +99,26 @@ def is_model_file(path: str | Path) -> bool:
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32,
-               lookahead_ms: int | None = None) -> tuple[ReaLLM, Tokenizer]:
+               right_context_ms: int | None = None) -> tuple[ReaLLM, Tokenizer]:
     """Rebuild model and tokenizer from one file; weights are cast to ``dtype`` (fp32 runs fastest on CPU).
-    ``lookahead_ms`` replaces a Whisper encoder's look-ahead (a multiple of its chunk): the same weights
-    then see more (or less) audio ahead of each chunk, a trade of latency for accuracy (model card). For
-    an encoder in right-context mode it is the right context (0: chunk-causal, no hops)."""
+    ``right_context_ms`` replaces a Whisper encoder's right context (a multiple of its chunk): the same
+    weights then see more (or less) audio ahead of each hop, a trade of latency for accuracy (model
+    card); 0 is chunk-causal, with a hop of one chunk."""
     meta = read_metadata(path)
     try:
         raw = json.loads(meta["config"])
-        if lookahead_ms is not None:
+        if right_context_ms is not None:
             if raw.get("encoder_kind") != "whisper":
-                raise ModelError(f"{path}: the look-ahead can be changed only for a Whisper-encoder model")
+                raise ModelError(f"{path}: the right context can be changed only for a Whisper-encoder model")
             enc = raw["encoder"]
-            enc["right_context_ms"] = lookahead_ms
-            if lookahead_ms == 0:  # chunk-causal: a hop of one chunk
+            enc["right_context_ms"] = right_context_ms
+            if right_context_ms == 0:  # chunk-causal: a hop of one chunk
                 enc["hop_ms"] = 0
         config = ReaLLMConfig.from_dict(raw)
         tokenizer = tokenizer_from_bytes(base64.b64decode(meta["tokenizer"]))
     except (KeyError, ValueError, TypeError) as exc:
         raise ModelError(f"corrupt reallm model file {path}: {exc}") from exc
-    model = build_model(config)  # a look-ahead that does not fit the encoder is a one-line WhisperConfigError
+    model = build_model(config)  # a right context that does not fit the encoder is a one-line WhisperConfigError
     try:
         verify_model_file(path)  # before any weight is read; a mismatch is one line and nothing loads
         state = load_file(str(path))
