@@ -46,7 +46,7 @@ def main() -> int:
         if dataclasses.replace(enc.config, **schedule) != dataclasses.replace(cfg, **schedule):
             raise ReallmError(f"{args.encoder} is another architecture than the encoder of {args.model}")
         if args.right_context_ms:  # the same projector and decoder over an encoder with another schedule
-            model = ReaLLM(dataclasses.replace(model.config, encoder=dataclasses.asdict(enc.config)), enc).eval()
+            model = ReaLLM(dataclasses.replace(model.config, encoder=enc.config), enc).eval()
             model.load_state_dict(old.state_dict() | {"encoder." + k: v for k, v in enc.state_dict().items()})
         else:
             model.encoder.load_state_dict(enc.state_dict())

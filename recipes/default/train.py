@@ -32,7 +32,7 @@ import random
 import re
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -397,7 +397,7 @@ def main() -> None:
     if init_model is not None:
         # the model's own config (slots, delay, lead-in), its weights, this run's decoder dropout
         config = replace(init_model.config, decoder=replace(init_model.config.decoder, dropout=args.dropout),
-                         encoder=asdict(encoder.config))
+                         encoder=encoder.config)
         model = ReaLLM(config, encoder)
         res = model.load_state_dict({k: v for k, v in init_model.state_dict().items()
                                      if not k.startswith("encoder.")}, strict=False)
@@ -408,7 +408,7 @@ def main() -> None:
         if pretrained:
             dec_cfg, init_state = import_whisper_decoder(find_installed_whisper("tiny.en"), dec_tok.keep_ids,
                                                          blank_from=50256, window=512, dropout=args.dropout)
-        config = ReaLLMConfig(encoder_kind="whisper", encoder=asdict(encoder.config), decoder=dec_cfg,
+        config = ReaLLMConfig(encoder=encoder.config, decoder=dec_cfg,
                               lead_in_ms=args.lead_in_ms, emit_delay_chunks=args.emit_delay_chunks,
                               slots_per_chunk=args.slots_per_chunk, projector_hidden=args.projector_hidden)
         model = ReaLLM(config, encoder)

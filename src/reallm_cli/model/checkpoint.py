@@ -9,36 +9,26 @@ import base64
 import json
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from reallm_cli.errors import ModelError
-from reallm_cli.weights import verify_model_file
+from reallm_cli.errors import ConfigError, ModelError
+from reallm_cli.model.encoder import EncoderConfig, build_encoder
 from reallm_cli.model.reallm import ReaLLM, ReaLLMConfig
+from reallm_cli.model.whisper_config import WhisperEncoderConfig
+from reallm_cli.weights import verify_model_file
 from reallm_cli.tokenizer import Tokenizer, tokenizer_from_bytes
 
 FORMAT = "reallm-model/1"
 
 
-def build_encoder(kind: str, cfg: dict):
-    """Rebuild an encoder from its kind and config dict (as stored in the checkpoint)."""
-    if kind == "conformer":
-        from reallm_cli.model.conformer import ConformerConfig, ConformerEncoder
-
-        return ConformerEncoder(ConformerConfig(**cfg))
-    if kind == "whisper":
-        from reallm_cli.model.whisper_config import WhisperEncoderConfig
-        from reallm_cli.model.whisper_encoder import WhisperStreamingEncoder
-
-        return WhisperStreamingEncoder(WhisperEncoderConfig.from_dict(cfg))
-    raise ModelError(f"unknown encoder kind {kind!r} in model file")
-
-
 def build_model(config: ReaLLMConfig) -> ReaLLM:
-    return ReaLLM(config, build_encoder(config.encoder_kind, config.encoder))
+    """A randomly initialised model of this config (load weights into it)."""
+    return ReaLLM(config, build_encoder(config.encoder))
 
 
 def save_model(path: str | Path, model: ReaLLM, tokenizer: Tokenizer, dtype: torch.dtype = torch.float16,
@@ -106,19 +96,18 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32,
     card); 0 is chunk-causal, with a hop of one chunk."""
     meta = read_metadata(path)
     try:
-        raw = json.loads(meta["config"])
-        if right_context_ms is not None:
-            if raw.get("encoder_kind") != "whisper":
-                raise ModelError(f"{path}: the right context can be changed only for a Whisper-encoder model")
-            enc = raw["encoder"]
-            enc["right_context_ms"] = right_context_ms
-            if right_context_ms == 0:  # chunk-causal: a hop of one chunk
-                enc["hop_ms"] = 0
-        config = ReaLLMConfig.from_dict(raw)
+        config = ReaLLMConfig.from_dict(json.loads(meta["config"]))
+    except ConfigError as exc:
+        raise ModelError(f"model file {path} is refused: {exc}") from exc
+    except (KeyError, ValueError) as exc:
+        raise ModelError(f"corrupt reallm model file {path}: {exc}") from exc
+    if right_context_ms is not None:
+        config = replace(config, encoder=_with_right_context(config.encoder, right_context_ms, path))
+    try:
         tokenizer = tokenizer_from_bytes(base64.b64decode(meta["tokenizer"]))
     except (KeyError, ValueError, TypeError) as exc:
         raise ModelError(f"corrupt reallm model file {path}: {exc}") from exc
-    model = build_model(config)  # a right context that does not fit the encoder is a one-line WhisperConfigError
+    model = build_model(config)
     try:
         verify_model_file(path)  # before any weight is read; a mismatch is one line and nothing loads
         state = load_file(str(path))
@@ -126,6 +115,16 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32,
     except (RuntimeError, SafetensorError) as exc:
         raise ModelError(f"model file {path} does not match its config: {str(exc).splitlines()[0]}") from exc
     return model.to(dtype).eval(), tokenizer
+
+
+def _with_right_context(enc: EncoderConfig, right_context_ms: int, path: str | Path) -> WhisperEncoderConfig:
+    """The encoder config with another right context; 0 is chunk-causal, with a hop of one chunk."""
+    if not isinstance(enc, WhisperEncoderConfig):
+        raise ModelError(f"{path}: the right context can be changed only for a Whisper-encoder model")
+    try:
+        return replace(enc, right_context_ms=right_context_ms, hop_ms=enc.hop_ms if right_context_ms else 0)
+    except ConfigError as exc:
+        raise ModelError(f"a right context of {right_context_ms} ms does not fit {path}: {exc}") from exc
 
 
 def model_extra(path: str | Path) -> dict:

@@ -1,4 +1,5 @@
-"""The one interface every streaming encoder offers, so engine, recipe and CLI need not care which runs.
+"""The one interface every streaming encoder offers, so engine, recipe and CLI need not care which runs;
+and the tagged union of their configs, as a model file stores them.
 
 Contract (both encoders, the Conformer and the chunk-causal Whisper, keep it):
 - input is normalised log-mel, (B, T_mel, 80), 10 ms frames (see ``reallm_cli.audio.features``);
@@ -15,9 +16,14 @@ Contract (both encoders, the Conformer and the chunk-causal Whisper, keep it):
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Union, runtime_checkable
 
 import torch
+
+from reallm_cli.errors import ConfigError
+from reallm_cli.model.conformer import ConformerConfig, ConformerEncoder
+from reallm_cli.model.whisper_config import WhisperEncoderConfig
+from reallm_cli.model.whisper_encoder import WhisperStreamingEncoder
 
 
 @runtime_checkable
@@ -41,3 +47,23 @@ class StreamingEncoder(Protocol):
     def flush(self, state: Any) -> tuple[torch.Tensor, Any]:
         """End of stream: return the remaining output frames."""
         ...
+
+
+# The encoder configs a model file may hold, by the tag it stores beside them ("encoder_kind").
+EncoderConfig = Union[WhisperEncoderConfig, ConformerConfig]
+ENCODER_CONFIGS = {cls.kind: cls for cls in (WhisperEncoderConfig, ConformerConfig)}
+
+
+def encoder_config_from_dict(kind: str, d: dict) -> EncoderConfig:
+    """The encoder config a file stores under its tag; an unknown tag or a config that does not fit is a
+    ``ConfigError``."""
+    if kind not in ENCODER_CONFIGS:
+        raise ConfigError(f"unknown encoder kind {kind!r} (known: {', '.join(sorted(ENCODER_CONFIGS))})")
+    return ENCODER_CONFIGS[kind].from_dict(d)
+
+
+def build_encoder(config: EncoderConfig) -> StreamingEncoder:
+    """A randomly initialised encoder of this config (load weights into it)."""
+    if isinstance(config, WhisperEncoderConfig):
+        return WhisperStreamingEncoder(config)
+    return ConformerEncoder(config)

@@ -55,8 +55,8 @@ def train_teacher(
     out = Path(out)
     tok = load_tokenizer(tokenizer)
     rcfg = preset_config(preset, vocab_size=tok.vocab_size)
-    d_model = int(rcfg.encoder["d_model"])
-    config = TeacherConfig(encoder_kind=rcfg.encoder_kind, encoder=rcfg.encoder, vocab_size=tok.vocab_size,
+    d_model = rcfg.encoder.d_model
+    config = TeacherConfig(encoder=rcfg.encoder, vocab_size=tok.vocab_size,
                            head_hidden=head_hidden or max(2 * d_model, 256))
     torch.manual_seed(options.seed)
     teacher = CTCTeacher(config)
