@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from reallm_cli.cli.options import LookaheadMsAlias, ModelOpt, Precision, RightContextMs, ThreadsOpt, right_context, set_threads
+from reallm_cli.cli.options import (LookaheadMsAlias, ModelOpt, Precision, RightContextMs, ThreadsOpt, right_context,
+                                    set_threads)
 from reallm_cli.errors import ReallmError
 
 

@@ -7,7 +7,8 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from reallm_cli.cli.options import LookaheadMsAlias, ModelOpt, Precision, RightContextMs, ThreadsOpt, right_context, set_threads
+from reallm_cli.cli.options import (LookaheadMsAlias, ModelOpt, Precision, RightContextMs, ThreadsOpt, right_context,
+                                    set_threads)
 
 
 def eval_command(

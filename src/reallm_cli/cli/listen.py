@@ -27,7 +27,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from reallm_cli.cli.options import FormatOpt, LookaheadMsAlias, ModelOpt, Precision, QuietOpt, RightContextMs, right_context
+from reallm_cli.cli.options import (FormatOpt, LookaheadMsAlias, ModelOpt, Precision, QuietOpt, RightContextMs,
+                                    right_context)
 from reallm_cli.errors import ReallmError
 
 # Test hook: "module:attribute" naming a class with the Recognizer API (``load(model)``, ``session()``),
