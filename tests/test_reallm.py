@@ -202,3 +202,14 @@ def test_a_right_context_that_does_not_fit_the_encoder_is_refused(tmp_path):
     save_model(tmp_path / "m.safetensors", whisper_model(tok.vocab_size, right_context_ms=720, hop_ms=480), tok)
     with pytest.raises(ModelError, match="a right context of 250 ms does not fit .*multiple of chunk_ms 240"):
         load_model(tmp_path / "m.safetensors", right_context_ms=250)
+
+
+def test_files_whose_configs_say_the_same_in_other_words_can_be_averaged(tmp_path):
+    from reallm_cli.model.checkpoint import average_models
+
+    tok = placeholder_tokenizer(16)
+    new, old = tmp_path / "new.safetensors", tmp_path / "old.safetensors"
+    save_model(new, whisper_model(tok.vocab_size, right_context_ms=720, hop_ms=480), tok)
+    with_config(new, old, lambda c: c["encoder"].update(lookahead_ms=0))  # as the shipped file stores it
+    average_models([old, new], tmp_path / "mean.safetensors")
+    assert load_model(tmp_path / "mean.safetensors")[0].config == load_model(new)[0].config

@@ -88,6 +88,16 @@ def is_model_file(path: str | Path) -> bool:
     return True
 
 
+def read_config(path: str | Path, meta: dict[str, str]) -> ReaLLMConfig:
+    """The config in a model file's metadata, checked through (a one-line ``ModelError`` naming the file)."""
+    try:
+        return ReaLLMConfig.from_dict(json.loads(meta["config"]))
+    except ConfigError as exc:
+        raise ModelError(f"model file {path} is refused: {exc}") from exc
+    except (KeyError, ValueError) as exc:
+        raise ModelError(f"corrupt reallm model file {path}: {exc}") from exc
+
+
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32,
                right_context_ms: int | None = None) -> tuple[ReaLLM, Tokenizer]:
     """Rebuild model and tokenizer from one file; weights are cast to ``dtype`` (fp32 runs fastest on CPU).
@@ -95,12 +105,7 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32,
     weights then see more (or less) audio ahead of each hop, a trade of latency for accuracy (model
     card); 0 is chunk-causal, with a hop of one chunk."""
     meta = read_metadata(path)
-    try:
-        config = ReaLLMConfig.from_dict(json.loads(meta["config"]))
-    except ConfigError as exc:
-        raise ModelError(f"model file {path} is refused: {exc}") from exc
-    except (KeyError, ValueError) as exc:
-        raise ModelError(f"corrupt reallm model file {path}: {exc}") from exc
+    config = read_config(path, meta)
     if right_context_ms is not None:
         config = replace(config, encoder=_with_right_context(config.encoder, right_context_ms, path))
     try:
@@ -138,8 +143,9 @@ def average_models(paths: list[str | Path], out: str | Path, extra: dict | None 
     if len(paths) < 2:
         raise ModelError("averaging needs at least two model files")
     metas = [read_metadata(p) for p in paths]
-    for p, m in zip(paths[1:], metas[1:]):
-        if m["config"] != metas[0]["config"] or m["tokenizer"] != metas[0]["tokenizer"]:
+    config = read_config(paths[0], metas[0])
+    for p, m in zip(paths[1:], metas[1:]):  # the same config, even where two versions wrote it apart
+        if read_config(p, m) != config or m["tokenizer"] != metas[0]["tokenizer"]:
             raise ModelError(f"{p} has another config or tokenizer than {paths[0]}: its weights cannot be averaged")
     states = [load_file(str(p)) for p in paths]
     tensors = {}
