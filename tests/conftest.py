@@ -48,7 +48,7 @@ def tiny_model(vocab_size: int, chunk_ms: int = 240, seed: int = 0, d: int = 64,
     torch.manual_seed(seed)
     enc = ConformerConfig(d_model=d, n_heads=2, n_layers=2, subsampling_channels=32, chunk_ms=chunk_ms, dropout=0.0)
     dec = DecoderConfig(vocab_size=vocab_size, d_model=d, n_layers=1, n_heads=2, n_kv_heads=2, ffn_hidden=2 * d, window=64)
-    return build_model(ReaLLMConfig(encoder_kind="conformer", encoder=enc.to_dict(), decoder=dec,
+    return build_model(ReaLLMConfig(encoder=enc, decoder=dec,
                                     slots_per_chunk=slots_per_chunk))
 
 
@@ -59,14 +59,14 @@ def tiny_right_context_model(vocab_size: int, d: int, enc_heads: int, enc_layers
     from reallm_cli.model.checkpoint import build_model
     from reallm_cli.model.decoder import DecoderConfig
     from reallm_cli.model.reallm import ReaLLMConfig
-    from reallm_cli.model.whisper_encoder import WhisperEncoderConfig
+    from reallm_cli.model.whisper_config import WhisperEncoderConfig
 
     torch.manual_seed(seed)
     enc = WhisperEncoderConfig(d_model=d, n_heads=enc_heads, n_layers=enc_layers, ffn_dim=2 * d, right_context_ms=720,
                                hop_ms=480, window_ms=4800, overlap_ms=960)
     dec = DecoderConfig(vocab_size=vocab_size, d_model=d, n_layers=1, n_heads=2, n_kv_heads=2, ffn_hidden=2 * d,
                         window=dec_window)
-    return build_model(ReaLLMConfig(encoder_kind="whisper", encoder=enc.to_dict(), decoder=dec))
+    return build_model(ReaLLMConfig(encoder=enc, decoder=dec))
 
 
 @pytest.fixture(scope="module")

@@ -73,6 +73,17 @@ def test_wrong_model_file(tmp_path, shared_data, kind):
     assert "model" in r.stderr.lower()
 
 
+def test_a_model_file_whose_config_does_not_fit_is_one_line(model_file, tmp_path):
+    from test_reallm import with_config
+
+    bad = tmp_path / "bad.safetensors"
+    with_config(model_file, bad, lambda c: c["encoder"].pop("left_chunks"))
+    r = reallm("transcribe", tmp_path / "x.wav", "--model", bad)
+    assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [f"reallm: error: model file {bad} is refused: conformer encoder config: "
+                                            "missing key(s) left_chunks"]
+
+
 def test_eval_writes_report(model_file, shared_data, tmp_path):
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"id": "jfk", "audio": str(shared_data / "dev-real" / "jfk.flac"),

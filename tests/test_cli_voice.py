@@ -47,7 +47,7 @@ def test_help_metavars_are_plain_words():
                 assert not re.search(r"[<{]", record[0]), (path, record[0])
     text = _help(["transcribe"])
     assert "transcribe [OPTIONS] FILE..." in text
-    assert re.search(r"--lookahead-ms MS\b", text) and re.search(r"-m, --model NAME\|FILE", text)
+    assert re.search(r"--right-context-ms MS\b", text) and "--lookahead-ms" not in text and re.search(r"-m, --model NAME\|FILE", text)
     assert re.search(r"--precision auto\|fp32\|bf16\|fp16\|int8 [^\[]*\[default: auto\]", text)
     assert re.search(r"-f, --format txt\|srt\|vtt\|json\|jsonl [^\[]*\[default: txt\]", text)
 
@@ -56,7 +56,7 @@ def test_shared_options_mean_the_same_everywhere():
     seen = {}
     for path, cmd, _ in _commands():
         for param in cmd.params:
-            for opt in ("--model", "--threads", "--precision", "--lookahead-ms", "--format", "--quiet"):
+            for opt in ("--model", "--threads", "--precision", "--right-context-ms", "--lookahead-ms", "--format", "--quiet"):
                 if opt in getattr(param, "opts", ()):
                     seen.setdefault(opt, {})[" ".join(path)] = (tuple(param.opts), param.metavar, param.help)
     assert len(seen["--model"]) >= 4 and len(seen["--threads"]) >= 5 and len(seen["--quiet"]) >= 3

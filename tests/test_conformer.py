@@ -45,7 +45,7 @@ def stream(enc: ConformerEncoder, mel: torch.Tensor, chunk_ms: int, rng: random.
 def test_implements_streaming_encoder_contract():
     enc = tiny_encoder()
     assert isinstance(enc, StreamingEncoder)
-    assert (enc.out_dim, enc.frame_ms, enc.chunk_ms, enc.lookahead_ms) == (32, 40, 240, 0)
+    assert (enc.out_dim, enc.frame_ms, enc.chunk_ms, enc.wait_ms) == (32, 40, 240, 0)
 
 
 @pytest.mark.parametrize("chunk_ms", [240, 480])

@@ -131,7 +131,7 @@ def test_token_chunks_from_frames():
     # 40 ms frames, 240 ms chunks: frames 0..5 are chunk 0, 6..11 chunk 1
     assert token_chunks_from_frames([0, 5, 6, 11, 12], 40, 240) == [0, 0, 1, 1, 2]
     # with 80 ms look-ahead, chunk 0's embedding has heard up to 320 ms, i.e. frames 0..7
-    assert token_chunks_from_frames([7, 8], 40, 240, lookahead_ms=80) == [0, 1]
+    assert token_chunks_from_frames([7, 8], 40, 240, wait_ms=80) == [0, 1]
     # an extra delay pushes tokens later; clamping to the last chunk; monotone output
     assert token_chunks_from_frames([5], 40, 240, delay_ms=40) == [1]
     assert token_chunks_from_frames([30, 40], 40, 240, n_chunks=3) == [2, 2]

@@ -41,7 +41,7 @@ def test_config_is_consistent_and_the_card_describes_it():
     cfg, enc = rec.model.config, rec.model.encoder.config
     assert cfg.encoder_kind == "whisper" and enc.right_context_ms > 0  # the shipped mode is right context
     # the longest a chunk waits past its end: the right context, and the rest of its hop
-    assert rec.model.encoder.lookahead_ms == enc.right_context_ms + enc.hop_ms - enc.chunk_ms
+    assert rec.model.encoder.wait_ms == enc.right_context_ms + enc.hop_ms - enc.chunk_ms
     assert rec.options.lead_in_chunks * rec.model.chunk_ms == cfg.lead_in_ms > 0
     assert rec.options.emit_delay_chunks == cfg.emit_delay_chunks
     assert rec.model.frames_per_chunk % cfg.slots_per_chunk == 0
@@ -120,22 +120,24 @@ def test_jfk_within_two_word_errors(real_speech):
 
 
 def test_a_shorter_right_context_at_load_still_recognises_real_speech():
-    """--lookahead-ms 480: the same weights, every encoder layer sees 480 ms ahead instead of 720 (model card:
+    """--right-context-ms 480: the same weights, every encoder layer sees 480 ms ahead instead of 720 (model card:
     0.24 s less delay for more errors on dev-real)."""
     from reallm_cli.engine import Recognizer
 
-    rec = Recognizer.load(None, lookahead_ms=480)
-    assert (rec.model.encoder.config.right_context_ms, rec.model.encoder.lookahead_ms) == (480, 720)
-    refs, hyps = zip(*dev_real_sentences(options=("--lookahead-ms", "480")).values())
+    rec = Recognizer.load(None, right_context_ms=480)
+    assert (rec.model.encoder.config.right_context_ms, rec.model.encoder.wait_ms) == (480, 720)
+    refs, hyps = zip(*dev_real_sentences(options=("--right-context-ms", "480")).values())
     wer = jiwer.wer(list(refs), [h or "-" for h in hyps])
     assert wer < 0.3, (wer, hyps)  # measured when added: 0.161 (fp16; 15 errors of 93)
 
 
 @pytest.mark.parametrize("args, message", [
-    (["transcribe", str(REPO / "README.md"), "--lookahead-ms", "250"], "multiple of chunk_ms 240"),
-    (["bench", "--preset", "small", "--lookahead-ms", "480"], "not to --preset"),
+    (["transcribe", str(REPO / "README.md"), "--right-context-ms", "250"], "multiple of chunk_ms 240"),
+    (["transcribe", str(REPO / "README.md"), "--lookahead-ms", "250"], "multiple of chunk_ms 240"),  # its old name
+    (["transcribe", str(REPO / "README.md"), "--lookahead-ms", "240", "--right-context-ms", "480"], "old name"),
+    (["bench", "--preset", "small", "--right-context-ms", "480"], "not to --preset"),
 ])
-def test_a_lookahead_that_does_not_fit_is_one_line_and_an_error(args, message):
+def test_a_right_context_that_does_not_fit_is_one_line_and_an_error(args, message):
     r = subprocess.run([sys.executable, "-m", "reallm_cli", *args], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert r.stderr.strip().count("\n") == 0 and message in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -108,7 +108,7 @@ def test_a_new_decoder_on_the_encoder_of_a_trained_model(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     before, tok_before = load_model(base)
     c = before.encoder.config
-    assert f"the encoder of {base}: chunk {c.chunk_ms} ms, right context {c.right_context_ms} ms, hop {c.step_ms} ms" in r.stdout
+    assert f"the encoder of {base}: chunk {c.chunk_ms} ms, right context {c.right_context_ms} ms, hop {c.hop_ms} ms" in r.stdout
 
     after, tok_after = load_model(out)
     assert after.encoder.config == before.encoder.config  # (an older file's config lacks the newer defaults)
@@ -140,7 +140,7 @@ def test_a_new_model_over_an_imported_encoder_in_right_context_mode(tmp_path):
     assert "decoder initialised from Whisper tiny.en" in r.stdout and "retokenized alignments" in r.stdout
     model, tok = load_model(out)  # --out defaults to WORK/model.safetensors
     c = model.encoder.config
-    assert (c.chunk_ms, c.right_context_ms, c.hop_ms, c.lookahead_ms) == (240, 720, 480, 0)
+    assert (c.chunk_ms, c.right_context_ms, c.hop_ms) == (240, 720, 480)
     assert (tmp_path / "work" / "feats" / "c240_rc720_hop480" / "train").is_dir()
     assert model.config.slots_per_chunk == 3 and model.config.emit_delay_chunks == 1
     assert tok.vocab_size > 300  # Whisper's BPE cut to the corpus, not the teacher's SentencePiece

@@ -199,7 +199,7 @@ def rc_recognizer():
     """A tiny random ReaLLM on the shipped encoder schedule, with 4.8 s windows so 8 s cross two restarts."""
     tok = placeholder_tokenizer(64)
     model = tiny_right_context_model(tok.vocab_size, d=32, enc_heads=4, enc_layers=2, dec_window=128).eval()
-    assert model.encoder.hop_chunks == 2 and model.encoder.lookahead_ms == 960
+    assert model.encoder.hop_chunks == 2 and model.encoder.wait_ms == 960
     return Recognizer(model, tok, DecodeOptions(max_tokens_per_chunk=3))
 
 

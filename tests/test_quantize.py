@@ -223,11 +223,12 @@ def test_auto_is_fp32_without_onednn(monkeypatch, tmp_path):
 
 def test_fused_projections_compute_the_same_products():
     from reallm_cli.model.decoder import DecoderConfig, LlamaDecoder
-    from reallm_cli.model.whisper_encoder import WhisperEncoderConfig, WhisperStreamingEncoder
+    from reallm_cli.model.whisper_config import WhisperEncoderConfig
+    from reallm_cli.model.whisper_encoder import WhisperStreamingEncoder
 
     torch.manual_seed(0)
     enc = WhisperStreamingEncoder(WhisperEncoderConfig(d_model=64, n_heads=2, n_layers=2, ffn_dim=128,
-                                                       lookahead_ms=240)).eval()
+                                                       right_context_ms=240)).eval()
     for style in ("whisper", "llama"):  # llama: grouped k and v heads, no biases
         dec = LlamaDecoder(DecoderConfig(vocab_size=40, d_model=48, n_layers=2, n_heads=4, n_kv_heads=2,
                                          ffn_hidden=96, window=16, style=style)).eval()

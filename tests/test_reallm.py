@@ -108,19 +108,17 @@ def test_averaged_model_file_holds_the_mean_of_the_weights(tmp_path):
 
 
 def whisper_model(vocab_size: int, **encoder_kw):
-    from dataclasses import asdict
-
     from reallm_cli.model.checkpoint import build_model
     from reallm_cli.model.decoder import DecoderConfig
-    from reallm_cli.model.whisper_encoder import WhisperEncoderConfig
+    from reallm_cli.model.whisper_config import WhisperEncoderConfig
 
     torch.manual_seed(0)
     enc = WhisperEncoderConfig(**{"d_model": 32, "n_heads": 4, "n_layers": 2, "ffn_dim": 64, **encoder_kw})
     dec = DecoderConfig(vocab_size=vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, ffn_hidden=64, window=64)
-    return build_model(ReaLLMConfig(encoder_kind="whisper", encoder=asdict(enc), decoder=dec, lead_in_ms=480))
+    return build_model(ReaLLMConfig(encoder=enc, decoder=dec, lead_in_ms=480))
 
 
-def test_a_right_context_encoder_survives_the_model_file_and_its_lookahead_can_be_changed(tmp_path):
+def test_a_right_context_encoder_survives_the_model_file_and_its_right_context_can_be_changed(tmp_path):
     import numpy as np
 
     from reallm_cli.engine import Recognizer
@@ -129,11 +127,11 @@ def test_a_right_context_encoder_survives_the_model_file_and_its_lookahead_can_b
     save_model(tmp_path / "m.safetensors", whisper_model(tok.vocab_size, right_context_ms=720, hop_ms=480), tok)
     loaded, _ = load_model(tmp_path / "m.safetensors")
     cfg = loaded.encoder.config
-    assert (cfg.right_context_ms, cfg.hop_ms, cfg.lookahead_ms, loaded.encoder.lookahead_ms) == (720, 480, 0, 960)
-    wider, _ = load_model(tmp_path / "m.safetensors", lookahead_ms=960)
-    assert (wider.encoder.config.right_context_ms, wider.encoder.lookahead_ms) == (960, 1200)
-    causal, _ = load_model(tmp_path / "m.safetensors", lookahead_ms=0)
-    assert (causal.encoder.config.right_context_ms, causal.encoder.config.hop_ms, causal.encoder.lookahead_ms) == (0, 0, 0)
+    assert (cfg.right_context_ms, cfg.hop_ms, loaded.encoder.wait_ms) == (720, 480, 960)
+    wider, _ = load_model(tmp_path / "m.safetensors", right_context_ms=960)
+    assert (wider.encoder.config.right_context_ms, wider.encoder.wait_ms) == (960, 1200)
+    causal, _ = load_model(tmp_path / "m.safetensors", right_context_ms=0)
+    assert (causal.encoder.config.right_context_ms, causal.encoder.config.hop_ms, causal.encoder.wait_ms) == (0, 240, 0)
     # the engine streams it: every chunk of a 3 s stream decoded, in blocks of any size
     rec = Recognizer(loaded, tok)
     s = rec.session()
@@ -142,3 +140,76 @@ def test_a_right_context_encoder_survives_the_model_file_and_its_lookahead_can_b
         s.push(audio[i:i + 1234])
     s.flush()
     assert s.chunks_done - rec.options.lead_in_chunks == 13  # 12.5 chunks of audio + the tail chunk
+
+
+def with_config(src, dst, change) -> None:
+    """A copy of the model file ``src`` whose stored config dict went through ``change`` (in place)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(src), framework="pt") as f:
+        meta = f.metadata()
+    config = json.loads(meta["config"])
+    change(config)
+    save_file(load_file(str(src)), str(dst), metadata=dict(meta, config=json.dumps(config)))
+
+
+@pytest.mark.parametrize("change,problem", [
+    (lambda c: c.update(encoder_kind="transformer"), "unknown encoder kind 'transformer'"),
+    (lambda c: c.pop("encoder_kind"), "missing key.*encoder_kind"),
+    (lambda c: c["encoder"].update(right_context=720), "whisper encoder config: unknown key.*right_context"),
+    (lambda c: c["encoder"].pop("n_heads"), "whisper encoder config: missing key.*n_heads"),
+    (lambda c: c["encoder"].update(chunk_ms="240"), "chunk_ms must be int"),
+    (lambda c: c["encoder"].update(chunk_ms=250), "chunk_ms 250 must be a positive multiple of 20 ms"),
+    (lambda c: c["encoder"].update(right_context_ms=700), "right_context_ms 700 must be 0 or a multiple of chunk_ms"),
+    (lambda c: c["encoder"].update(lookahead_ms=240), "layer-wise look-ahead"),
+    (lambda c: c["decoder"].pop("d_model"), "decoder config: missing key.*d_model"),
+    (lambda c: c.update(beam_size=4), "model config: unknown key.*beam_size"),
+    (lambda c: c.update(lead_in_ms=-240.5), "lead_in_ms must be int"),
+])
+def test_a_model_file_with_a_config_that_does_not_fit_is_refused_in_one_line(tmp_path, change, problem):
+    from reallm_cli.errors import ModelError
+
+    tok = placeholder_tokenizer(16)
+    good, bad = tmp_path / "m.safetensors", tmp_path / "bad.safetensors"
+    save_model(good, whisper_model(tok.vocab_size, right_context_ms=720, hop_ms=480), tok)
+    with_config(good, bad, change)
+    with pytest.raises(ModelError, match=problem) as err:
+        load_model(bad)
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_conformer_config_is_checked_too_and_its_right_context_cannot_be_set(tmp_path):
+    from reallm_cli.errors import ModelError
+
+    tok = placeholder_tokenizer(16)
+    good, bad = tmp_path / "m.safetensors", tmp_path / "bad.safetensors"
+    save_model(good, tiny_model(tok.vocab_size), tok)
+    assert load_model(good)[0].config == tiny_model(tok.vocab_size).config
+    with_config(good, bad, lambda c: c["encoder"].update(chunk_ms=260))
+    with pytest.raises(ModelError, match="conformer encoder config: 260 is not a multiple of 40"):
+        load_model(bad)
+    with pytest.raises(ModelError, match="only for a Whisper-encoder model"):
+        load_model(good, right_context_ms=480)
+
+
+def test_a_right_context_that_does_not_fit_the_encoder_is_refused(tmp_path):
+    from reallm_cli.errors import ModelError
+
+    tok = placeholder_tokenizer(16)
+    save_model(tmp_path / "m.safetensors", whisper_model(tok.vocab_size, right_context_ms=720, hop_ms=480), tok)
+    with pytest.raises(ModelError, match="a right context of 250 ms does not fit .*multiple of chunk_ms 240"):
+        load_model(tmp_path / "m.safetensors", right_context_ms=250)
+
+
+def test_files_whose_configs_say_the_same_in_other_words_can_be_averaged(tmp_path):
+    from reallm_cli.model.checkpoint import average_models
+
+    tok = placeholder_tokenizer(16)
+    new, old = tmp_path / "new.safetensors", tmp_path / "old.safetensors"
+    save_model(new, whisper_model(tok.vocab_size, right_context_ms=720, hop_ms=480), tok)
+    with_config(new, old, lambda c: c["encoder"].update(lookahead_ms=0))  # as the shipped file stores it
+    average_models([old, new], tmp_path / "mean.safetensors")
+    assert load_model(tmp_path / "mean.safetensors")[0].config == load_model(new)[0].config

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from conftest import tiny_right_context_model
 from reallm_cli.engine import DecodeOptions, Recognizer
+from reallm_cli.model.conformer import ConformerConfig
 from reallm_cli.model.decoder import DecoderConfig
 from reallm_cli.model.presets import placeholder_tokenizer
 from reallm_cli.model.reallm import ReaLLM, ReaLLMConfig
@@ -80,7 +81,7 @@ class _NoiseEncoder(nn.Module):
     fixed memory: the hours of this test cost the decoder's work only, not an encoder's per frame."""
 
     frame_ms = 20
-    lookahead_ms = 0
+    wait_ms = 0
     hop_chunks = 1
 
     def __init__(self, chunk_ms: int, out_dim: int = 8) -> None:
@@ -110,7 +111,7 @@ def test_a_day_of_audio_holds_no_more_state_than_an_hour():
     chunk_ms = 60_000
     dec = DecoderConfig(vocab_size=tok.vocab_size, d_model=16, n_layers=1, n_heads=2, n_kv_heads=2, ffn_hidden=32,
                         window=64)
-    cfg = ReaLLMConfig(encoder_kind="noise", encoder={}, decoder=dec)
+    cfg = ReaLLMConfig(encoder=ConformerConfig(chunk_ms=chunk_ms), decoder=dec)  # not built: the stand-in runs
     model = ReaLLM(cfg, _NoiseEncoder(chunk_ms)).eval()
     rec = Recognizer(model, tok, DecodeOptions(max_tokens_per_chunk=2, context_chunks=8, carry_chunks=2,
                                                lead_in_chunks=1))

@@ -18,7 +18,9 @@ import torch
 
 from reallm_cli.errors import ModelError
 from reallm_cli.model.decoder import DecoderConfig, LlamaDecoder
-from reallm_cli.model.whisper_encoder import WhisperEncoderConfig, WhisperStreamingEncoder, load_whisper_encoder
+from reallm_cli.model.whisper_config import WhisperEncoderConfig
+from reallm_cli.model.whisper_encoder import WhisperStreamingEncoder
+from reallm_cli.model.whisper_file import load_whisper_encoder
 from reallm_cli.model.whisper_import import (
     KNOWN_SHA256,
     convert_installed_whisper,
@@ -219,7 +221,7 @@ def test_imported_encoder_reproduces_the_original(name):
     assert diff.max().item() < 2e-2
     assert diff.mean().item() < 1e-3
     assert cos > 0.99999
-    # The chunk-causal mode differs (it may not look ahead) but stays close on the whole.
+    # The streaming schedule (here chunk-causal) differs (it may not look ahead) but stays close on the whole.
     with torch.no_grad():
         causal, _ = model(mel, torch.tensor([1100]))
     cos_causal = torch.nn.functional.cosine_similarity(causal.flatten(), ref.flatten(), dim=0).item()
@@ -232,8 +234,8 @@ def test_convert_installed_writes_a_loadable_file(tmp_path):
     out = tmp_path / "tiny.safetensors"
     cfg = convert_installed_whisper("tiny.en", out, dtype=torch.float16)
     assert cfg.source == "whisper-tiny.en"
-    model = load_whisper_encoder(out, chunk_ms=480, lookahead_ms=480)
-    assert model.chunk_ms == 480 and model.lookahead_ms == 480
+    model = load_whisper_encoder(out, chunk_ms=480, right_context_ms=480)
+    assert model.chunk_ms == 480 and model.wait_ms == 480
     with torch.no_grad():
         y, _ = model(mel, torch.tensor([1100]), full_attention=True)
     assert (y - ref).abs().max().item() < 5e-2
@@ -245,7 +247,7 @@ def test_pretrained_streaming_equals_parallel_in_float64():
     alone; in float64 any difference would be a logic error (short windows: several restarts in 11 s)."""
     paths, mel, _, _ = _golden("tiny.en")
     cfg, sd = import_whisper_encoder(paths)
-    cfg = dataclasses.replace(cfg, lookahead_ms=240, window_ms=4800, overlap_ms=960)
+    cfg = dataclasses.replace(cfg, right_context_ms=720, hop_ms=480, window_ms=4800, overlap_ms=960)
     model = WhisperStreamingEncoder(cfg).double().eval()
     model.load_state_dict({k: v.double() for k, v in sd.items()})
     mel = mel.double()

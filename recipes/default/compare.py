@@ -7,7 +7,7 @@ and base through faster-whisper (int8, beam 5, faster-whisper's temperature fall
 the same run; `--peers` also (re)writes the reference word times from Whisper base.
 
     python recipes/default/compare.py --out OUT --peers                      # peers + word times
-    python recipes/default/compare.py --out OUT --model M --lookahead-ms 480,720,960
+    python recipes/default/compare.py --out OUT --model M --right-context-ms 480,720,960
 
 Results land in OUT/<system>.<set>.json (every hypothesis) and OUT/table.md (all that OUT holds).
 """
@@ -35,11 +35,11 @@ def scores(rows: list[dict]) -> dict:
             "wer": round(w.wer, 4), "cer": round(c.cer, 4)}
 
 
-def run_reallm(model: str | None, shared: Path, name: str, lookahead_ms: int | None, precision: str) -> dict:
+def run_reallm(model: str | None, shared: Path, name: str, right_context_ms: int | None, precision: str) -> dict:
     from reallm_cli.engine import Recognizer
     from reallm_cli.evaluate import evaluate
 
-    rec = Recognizer.load(model, precision=precision, lookahead_ms=lookahead_ms)
+    rec = Recognizer.load(model, precision=precision, right_context_ms=right_context_ms)
     align = ref_times(name)
     report = evaluate(rec, shared / name / "manifest.jsonl", model or "default", "none",
                       align if align.exists() else None)
@@ -106,8 +106,8 @@ def main() -> int:
     ap.add_argument("--model", action="append", default=[], help="a reallm model file (repeatable); "
                     "'default' is the embedded one")
     ap.add_argument("--name", action="append", default=[], help="a short name per --model, for the table")
-    ap.add_argument("--lookahead-ms", default="", help="comma-separated right contexts to run each model at "
-                    "(empty: the model's own)")
+    ap.add_argument("--right-context-ms", "--lookahead-ms", default="",
+                    help="comma-separated right contexts to run each model at (empty: the model's own)")
     ap.add_argument("--peers", nargs="?", const="whisper-tiny.en,whisper-base", default="",
                     help="also run these offline Whisper peers (default: whisper-tiny.en,whisper-base)")
     ap.add_argument("--sets", default=",".join(SETS))
@@ -121,12 +121,12 @@ def main() -> int:
     jobs = []
     if args.peers:
         jobs += [(peer, None, None, None) for peer in args.peers.split(",")]
-    lookaheads = [int(x) for x in args.lookahead_ms.split(",") if x] or [None]
+    right_contexts = [int(x) for x in args.right_context_ms.split(",") if x] or [None]
     names = args.name + [Path(m).stem for m in args.model[len(args.name):]]
     for model, name in zip(args.model, names):
-        for la in lookaheads:
-            jobs.append((f"{name}@{la}" if la is not None else name, model, la, "reallm"))
-    for system, model, la, kind in jobs:
+        for rc in right_contexts:
+            jobs.append((f"{name}@{rc}" if rc is not None else name, model, rc, "reallm"))
+    for system, model, rc, kind in jobs:
         for name in sets:
             dest = args.out / f"{system}.{name}.json"
             if dest.exists():
@@ -136,7 +136,7 @@ def main() -> int:
             if kind is None:
                 r = run_peer(system, args.shared, name, args.threads)
             else:
-                r = run_reallm(None if model == "default" else model, args.shared, name, la, args.precision)
+                r = run_reallm(None if model == "default" else model, args.shared, name, rc, args.precision)
             dest.write_text(json.dumps(r, indent=1))
             log(f"{system} on {name}: WER {100 * r['wer']:.1f} % CER {100 * r['cer']:.1f} % RTF {r['rtf']} "
                 f"delay {r['delay_p50_s']} / {r['delay_p95_s']} s ({time.perf_counter() - t0:.0f} s)")

@@ -116,7 +116,7 @@ fi
 if run 8; then
     stamp "8: evaluate"
     python "$RECIPE/compare.py" --out "$WORK/compare" --shared "$SHARED" --peers --model "$WORK/model.safetensors" \
-        --name model --lookahead-ms 480,720,960 --threads "$THREADS"
+        --name model --right-context-ms 480,720,960 --threads "$THREADS"
 fi
 if run 9; then
     stamp "9: word timer"

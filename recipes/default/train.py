@@ -40,7 +40,8 @@ from reallm_cli.align.retokenize import byte_level_bytes, sentencepiece_bytes, t
 from reallm_cli.model.checkpoint import is_model_file, load_model, save_model
 from reallm_cli.model.decoder import DecoderConfig
 from reallm_cli.model.reallm import ReaLLM, ReaLLMConfig
-from reallm_cli.model.whisper_encoder import WhisperStreamingEncoder, load_whisper_encoder
+from reallm_cli.model.whisper_encoder import WhisperStreamingEncoder
+from reallm_cli.model.whisper_file import load_whisper_encoder
 from reallm_cli.model.whisper_import import find_installed_whisper, import_whisper_decoder
 from reallm_cli.text import normalize_text
 from reallm_cli.tokenizer import (SentencePieceTokenizer, Tokenizer, tokenizer_from_bytes, train_tokenizer,
@@ -140,7 +141,7 @@ class Run:
         """The feature caches of this encoder setting (a rerun with another setting keeps these)."""
         c = self.encoder.config
         rc = "rcmix" if self.args.mixed_right_context else f"rc{c.right_context_ms}"
-        return self.work / "feats" / f"c{c.chunk_ms}_{rc}_hop{c.step_ms}"
+        return self.work / "feats" / f"c{c.chunk_ms}_{rc}_hop{c.hop_ms}"
 
     @property
     def frames_per_chunk(self) -> int:
@@ -200,7 +201,7 @@ def start(args: argparse.Namespace) -> Run:
         encoder = whisper_encoder_of(load_model(args.encoder)[0], args.encoder)
         c = encoder.config
         log(f"the encoder of {args.encoder}: chunk {c.chunk_ms} ms, right context {c.right_context_ms} ms, "
-            f"hop {c.step_ms} ms")
+            f"hop {c.hop_ms} ms")
     else:
         encoder = load_whisper_encoder(args.encoder, chunk_ms=args.chunk_ms, right_context_ms=args.right_context_ms,
                                        hop_ms=args.hop_ms)
@@ -219,7 +220,7 @@ def features(run: Run) -> None:
                 build_cache(lines, run.encoder, out, log=log)
                 continue
             for rc in sorted({e["right_context_ms"] for e in lines}):
-                encoder = load_model(args.init_model, lookahead_ms=rc)[0].encoder.eval()
+                encoder = load_model(args.init_model, right_context_ms=rc)[0].encoder.eval()
                 log(f"encoding {manifest.name} (right context {rc} ms) -> {out}_rc{rc}")
                 subset = [e for e in lines if e["right_context_ms"] == rc]
                 build_cache(subset, encoder, out.parent / f"{out.name}_rc{rc}", log=log)

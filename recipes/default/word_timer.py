@@ -165,7 +165,7 @@ def train(args) -> int:
 
 
 def run_set(model: str | None, timer_path: Path | None, shared: Path, name: str, threads: int,
-            lookahead_ms: int | None = None) -> dict[str, np.ndarray]:
+            right_context_ms: int | None = None) -> dict[str, np.ndarray]:
     """The engine's words on one dev set against its reference word times: signed (start, end) errors
     of the matched words, in seconds, under "all", "not-first" (each utterance's first word left out:
     the reference starts it at 0.0 however much silence comes first) and each audio folder's name."""
@@ -175,7 +175,7 @@ def run_set(model: str | None, timer_path: Path | None, shared: Path, name: str,
     from reallm_cli.word_times import WordTimer
 
     torch.set_num_threads(threads)
-    rec = Recognizer.load(model, precision="fp32", lookahead_ms=lookahead_ms)
+    rec = Recognizer.load(model, precision="fp32", right_context_ms=right_context_ms)
     if timer_path is not None:
         rec.word_timer = WordTimer.load(timer_path) if timer_path.name != "none" else None
     refs = {}
@@ -225,7 +225,7 @@ def measure(args) -> int:
     out = {}
     for name in args.sets.split(","):
         t0 = time.perf_counter()
-        errors = run_set(args.model, args.timer, args.shared, name, args.threads, args.lookahead_ms)
+        errors = run_set(args.model, args.timer, args.shared, name, args.threads, args.right_context_ms)
         out[name] = {k: summary(v) for k, v in errors.items()}
         for k, v in out[name].items():
             log(f"{name} {k}: {json.dumps(v)}")
@@ -260,7 +260,7 @@ def main() -> int:
     m.add_argument("--timer", type=Path, default=None,
                    help="a word-timer file to use instead of the one beside the model ('none': chunk times)")
     m.add_argument("--sets", default=",".join(SETS))
-    m.add_argument("--lookahead-ms", type=int, default=None)
+    m.add_argument("--right-context-ms", "--lookahead-ms", type=int, default=None)
     m.add_argument("--json", type=Path, default=None)
     for p in (t, m):
         p.add_argument("--shared", type=Path, default=SHARED_DATA, help="the folder that holds the dev sets")

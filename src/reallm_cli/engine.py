@@ -162,10 +162,10 @@ class Emission:
         # word times from the encoder's frames (``word_times``), when the model has a word timer
         self._track = (word_timer.track(model.frames_per_chunk, self._lead, self._chunk_s / model.frames_per_chunk)
                        if word_timer is not None else None)
-        # The embedding of chunk c can be computed once audio up to its end plus the look-ahead arrived (the
-        # encoder's and the front end's); an encoder that finishes hops of several chunks (right-context
-        # mode) finishes chunk c with its hop.
-        self._delay_s = (model.encoder.lookahead_ms + frontend_lookahead_ms(model.encoder)) / 1000
+        # The embedding of chunk c can be computed once audio up to its end plus the encoder's wait and the
+        # front end's look-ahead arrived; an encoder that finishes hops of several chunks finishes chunk c
+        # with its hop.
+        self._delay_s = (model.encoder.wait_ms + frontend_lookahead_ms(model.encoder)) / 1000
         self._hop = model.encoder.hop_chunks
         self.word: _PendingWord | None = None
 
@@ -205,8 +205,8 @@ class Emission:
         """The word's text and times; ``next_pieces`` begin the next word, and no frame after chunk
         ``upto_chunk`` is looked at (the word timer's answer must not depend on how far the encoder ran)."""
         # The word's whole text is on screen (as partial) once the chunk of its last piece is decoded,
-        # which needs audio up to that chunk's end plus the encoder's look-ahead.
-        # (a word in the lead-in's last chunk, heard through the look-ahead, starts at 0)
+        # which needs audio up to that chunk's end plus the encoder's wait.
+        # (a word in the lead-in's last chunk, heard through the encoder's right context, starts at 0)
         # A model that writes words d chunks late heard them d chunks before the chunk they are written in.
         d = self._opts.emit_delay_chunks
         hop_end = -(-(w.last_chunk + 1) // self._hop) * self._hop  # chunk index just after the hop of the last piece
@@ -356,11 +356,11 @@ class Recognizer:
                                                 emit_delay_chunks=cfg.emit_delay_chunks)
 
     @classmethod
-    def load(cls, model: str | Path | None = None, precision: str = "auto", lookahead_ms: int | None = None,
+    def load(cls, model: str | Path | None = None, precision: str = "auto", right_context_ms: int | None = None,
              **option_overrides) -> "Recognizer":
         """Load by registry name, path, or None for the embedded default model; ``precision`` is auto, fp32,
-        bf16, fp16 or int8 (the linear layers converted on load, see ``model.quantize``); ``lookahead_ms``
-        replaces a Whisper encoder's look-ahead (None: the model's own)."""
+        bf16, fp16 or int8 (the linear layers converted on load, see ``model.quantize``); ``right_context_ms``
+        replaces a Whisper encoder's right context (None: the model's own; see ``load_model``)."""
         from reallm_cli.model.checkpoint import load_model
         from reallm_cli.model.quantize import apply_precision, resolve_precision
         from reallm_cli.weights import resolve_model
@@ -369,7 +369,7 @@ class Recognizer:
         from reallm_cli.word_times import find_word_timer
 
         path = resolve_model(model)
-        m, tok = load_model(path, lookahead_ms=lookahead_ms)
+        m, tok = load_model(path, right_context_ms=right_context_ms)
         timer = find_word_timer(path, m.encoder)  # before quantisation: it checks the encoder's weights
         apply_precision(m, precision)
         rec = cls(m, tok, precision=precision, word_timer=timer)
@@ -378,14 +378,14 @@ class Recognizer:
         return rec
 
     def lead_in_embeddings(self) -> list[torch.Tensor]:
-        """The speech slots (slots, D) of each lead-in chunk of a fresh stream, pure digital silence (its
-        look-ahead too): what a restarted decoder context begins with."""
+        """The speech slots (slots, D) of each lead-in chunk of a fresh stream, pure digital silence (the
+        audio the encoder waits for too): what a restarted decoder context begins with."""
         model, n = self.model, self.options.lead_in_chunks
         if n == 0:
             return []
         if n not in self._lead_in_embeddings:
             chunk = round(model.chunk_ms * SAMPLE_RATE / 1000)
-            silence = np.zeros((n + 1) * chunk + round(model.encoder.lookahead_ms * SAMPLE_RATE / 1000), np.float32)
+            silence = np.zeros((n + 1) * chunk + round(model.encoder.wait_ms * SAMPLE_RATE / 1000), np.float32)
             with torch.inference_mode():
                 mel = StreamingLogMel().push(silence)
                 frames, _ = model.encoder.step(mel[None], model.encoder.init_state(1))

@@ -11,6 +11,10 @@ class ModelError(ReallmError):
     """A model file that is missing, corrupt, or of the wrong kind."""
 
 
+class ConfigError(ReallmError, ValueError):
+    """A model config with an unknown or missing key, a value of the wrong type, or inconsistent values."""
+
+
 def error(text: str) -> None:
     """One line on stderr in the one voice every reallm message uses."""
     import sys

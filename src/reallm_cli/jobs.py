@@ -26,7 +26,7 @@ from dataclasses import dataclass
 class WorkerConfig:
     model: str | None
     precision: str
-    lookahead_ms: int | None
+    right_context_ms: int | None
     threads: int
     block_s: float
     parent_pid: int
@@ -43,7 +43,7 @@ def worker_main(worker: int, config: WorkerConfig, tasks, results) -> None:
 
     torch.set_num_threads(config.threads)
     try:
-        recognizer = Recognizer.load(config.model, precision=config.precision, lookahead_ms=config.lookahead_ms)
+        recognizer = Recognizer.load(config.model, precision=config.precision, right_context_ms=config.right_context_ms)
     except ReallmError as exc:
         results.put(("fatal", worker, str(exc)))
         return

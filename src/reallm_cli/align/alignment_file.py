@@ -52,7 +52,7 @@ def align_record(
     *,
     frame_ms: int,
     chunk_ms: int,
-    lookahead_ms: int = 0,
+    wait_ms: int = 0,
     n_chunks: int | None = None,
 ) -> AlignmentRecord:
     """Force-align one utterance's teacher posteriors (T, V); a failure becomes a record with ``error``."""
@@ -60,7 +60,7 @@ def align_record(
         al = ctc_forced_align(log_probs, tokens, blank)
     except AlignmentImpossibleError as exc:
         return AlignmentRecord(id=utt_id, tokens=tuple(int(t) for t in tokens), error=str(exc))
-    chunks = token_chunks_from_frames(al.token_frames, frame_ms, chunk_ms, lookahead_ms, n_chunks=n_chunks)
+    chunks = token_chunks_from_frames(al.token_frames, frame_ms, chunk_ms, wait_ms, n_chunks=n_chunks)
     return AlignmentRecord(
         id=utt_id, tokens=al.tokens, token_chunks=tuple(chunks), score=al.score, token_frames=al.token_frames
     )
@@ -160,20 +160,20 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 
 def alignment_report(
-    records: Sequence[AlignmentRecord], *, frame_ms: int, chunk_ms: int, lookahead_ms: int = 0
+    records: Sequence[AlignmentRecord], *, frame_ms: int, chunk_ms: int, wait_ms: int = 0
 ) -> AlignmentReport:
     """Failure share, and how long each token waits between its CTC spike and its chunk's embedding.
 
     A token spiking in teacher frame f was heard at (f+1)*frame_ms; the embedding of chunk c is
-    available once (c+1)*chunk_ms + lookahead_ms of audio is in. The difference is the latency the
-    chunking itself adds (0..chunk_ms + lookahead_ms for the plain "chunk holding the spike" rule).
+    available once (c+1)*chunk_ms + wait_ms of audio is in. The difference is the latency the
+    chunking itself adds (0..chunk_ms + wait_ms for the plain "chunk holding the spike" rule).
     """
     n_failed = sum(1 for r in records if not r.ok)
     delays: list[float] = []
     for r in records:
         if r.ok and r.token_frames is not None:
             for f, c in zip(r.token_frames, r.token_chunks):
-                delays.append(float((c + 1) * chunk_ms + lookahead_ms - (f + 1) * frame_ms))
+                delays.append(float((c + 1) * chunk_ms + wait_ms - (f + 1) * frame_ms))
     delays.sort()
     n = len(records)
     return AlignmentReport(

@@ -239,7 +239,7 @@ def token_chunks_from_frames(
     token_first_frames: Sequence[int],
     frame_ms: int,
     chunk_ms: int,
-    lookahead_ms: int = 0,
+    wait_ms: int = 0,
     *,
     delay_ms: int = 0,
     n_chunks: int | None = None,
@@ -248,13 +248,13 @@ def token_chunks_from_frames(
 
     A token spiking at frame f has been heard once audio up to the end of that frame, (f+1)*frame_ms
     (+ ``delay_ms``, an optional extra wait), is in. The embedding of chunk c has seen audio up to
-    (c+1)*chunk_ms + lookahead_ms, so the token goes to the first such chunk covering it; with no
-    look-ahead that is simply the chunk containing frame f. Clamped to ``n_chunks - 1`` when given
+    (c+1)*chunk_ms + wait_ms (the encoder's ``wait_ms``), so the token goes to the first such chunk
+    covering it; with no wait that is simply the chunk containing frame f. Clamped to ``n_chunks - 1`` when given
     (the last chunk sees the end of the stream) and made non-decreasing so the target order is the
     token order.
     """
-    if frame_ms <= 0 or chunk_ms <= 0 or lookahead_ms < 0:
-        raise AlignmentError(f"need frame_ms > 0, chunk_ms > 0, lookahead_ms >= 0; got {frame_ms}, {chunk_ms}, {lookahead_ms}")
+    if frame_ms <= 0 or chunk_ms <= 0 or wait_ms < 0:
+        raise AlignmentError(f"need frame_ms > 0, chunk_ms > 0, wait_ms >= 0; got {frame_ms}, {chunk_ms}, {wait_ms}")
     if n_chunks is not None and n_chunks < 1:
         raise AlignmentError(f"n_chunks must be at least 1, got {n_chunks}")
     chunks: list[int] = []
@@ -262,7 +262,7 @@ def token_chunks_from_frames(
     for f in token_first_frames:
         if f < 0:
             raise AlignmentError(f"frame indices must be non-negative, got {f}")
-        heard_ms = (int(f) + 1) * frame_ms + delay_ms - lookahead_ms
+        heard_ms = (int(f) + 1) * frame_ms + delay_ms - wait_ms
         c = max(0, -(-heard_ms // chunk_ms) - 1)  # ceil(heard / chunk) - 1
         if n_chunks is not None:
             c = min(c, n_chunks - 1)

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from reallm_cli.cli.options import LookaheadMs, ModelOpt, Precision, ThreadsOpt, set_threads
+from reallm_cli.cli.options import (LookaheadMsAlias, ModelOpt, Precision, RightContextMs, ThreadsOpt, right_context,
+                                    set_threads)
 from reallm_cli.errors import ReallmError
 
 
@@ -17,7 +18,8 @@ def bench_command(
     chunk_ms: Annotated[int, typer.Option("--chunk-ms", help="Audio pushed per step, in ms, as a live source delivers it (the model decodes its own chunk length, 240 ms for the default model); with --preset also the preset's chunk length (a multiple of its 40 ms encoder frame).", min=10, max=4000)] = 240,
     model: ModelOpt = None,
     precision: Precision = "auto",
-    lookahead_ms: LookaheadMs = None,
+    right_context_ms: RightContextMs = None,
+    lookahead_ms: LookaheadMsAlias = None,
     preset: Annotated[Optional[str], typer.Option("--preset", metavar="NAME", help="Measure a randomly initialised preset instead: paper-80m or small.", show_default=False)] = None,
     file: Annotated[Optional[str], typer.Option("--file", metavar="FILE", help="Audio file to stream (default: the speech sample shipped in the package, jfk, 11 s, with its reference transcript and word times).", show_default=False)] = None,
     duration_s: Annotated[float, typer.Option("--duration", help="Stream at most this many seconds of the audio (its first seconds).", min=1, max=36000)] = 60.0,
@@ -37,10 +39,11 @@ def bench_command(
     from reallm_cli.bench import run_bench, run_streams
     from reallm_cli.engine import Recognizer
 
+    right_context_ms = right_context(right_context_ms, lookahead_ms)
     if model and preset:
         raise ReallmError("give --model or --preset, not both")
-    if preset and lookahead_ms is not None:
-        raise ReallmError("--lookahead-ms applies to a trained Whisper-encoder model, not to --preset")
+    if preset and right_context_ms is not None:
+        raise ReallmError("--right-context-ms applies to a trained Whisper-encoder model, not to --preset")
     if reference is not None and file is None:
         raise ReallmError("--reference goes with --file (the shipped sample's reference is known)")
     if streams > 1 and reference is not None:
@@ -64,7 +67,7 @@ def bench_command(
         recognizer = Recognizer(apply_precision(build_model(config).eval(), precision), tok, precision=precision)
         name = f"{preset} (random weights)"
     else:
-        recognizer = Recognizer.load(model, precision=precision, lookahead_ms=lookahead_ms)
+        recognizer = Recognizer.load(model, precision=precision, right_context_ms=right_context_ms)
         name = model or "default"
     if max_pieces is not None:
         from dataclasses import replace

@@ -7,14 +7,16 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from reallm_cli.cli.options import LookaheadMs, ModelOpt, Precision, ThreadsOpt, set_threads
+from reallm_cli.cli.options import (LookaheadMsAlias, ModelOpt, Precision, RightContextMs, ThreadsOpt, right_context,
+                                    set_threads)
 
 
 def eval_command(
     manifest: Annotated[Path, typer.Argument(help="JSON Lines manifest: audio, text (duration optional).", show_default=False)],
     model: ModelOpt = None,
     precision: Precision = "auto",
-    lookahead_ms: LookaheadMs = None,
+    right_context_ms: RightContextMs = None,
+    lookahead_ms: LookaheadMsAlias = None,
     group_by: Annotated[Literal["dir", "id", "none"], typer.Option("--group-by", help="WER per group: dir (first folder of the audio path), id, or none.")] = "dir",
     alignments: Annotated[Optional[Path], typer.Option("--alignments", help="Reference word times (JSONL id, words[word, end_s]) for emission delay.", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--json", help="Write the full report (with every hypothesis) here.", show_default=False)] = None,
@@ -35,8 +37,9 @@ def eval_command(
         raise ReallmError(f"--group-by must be dir, id or none, not {group_by!r}")
     if alignments is not None and not alignments.is_file():
         raise ReallmError(f"alignment file not found: {alignments}")
+    right_context_ms = right_context(right_context_ms, lookahead_ms)
     set_threads(threads)
-    recognizer = Recognizer.load(model, precision=precision, lookahead_ms=lookahead_ms)
+    recognizer = Recognizer.load(model, precision=precision, right_context_ms=right_context_ms)
     err = Console(stderr=True)
     with err.status("evaluating") as status:
         report = evaluate(recognizer, manifest, model or "default", group_by, alignments, limit,

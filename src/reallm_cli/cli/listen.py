@@ -27,7 +27,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from reallm_cli.cli.options import FormatOpt, LookaheadMs, ModelOpt, Precision, QuietOpt
+from reallm_cli.cli.options import (FormatOpt, LookaheadMsAlias, ModelOpt, Precision, QuietOpt, RightContextMs,
+                                    right_context)
 from reallm_cli.errors import ReallmError
 
 # Test hook: "module:attribute" naming a class with the Recognizer API (``load(model)``, ``session()``),
@@ -35,9 +36,9 @@ from reallm_cli.errors import ReallmError
 TEST_RECOGNIZER_ENV = "REALLM_TEST_RECOGNIZER"
 
 
-def load_recognizer(model: str | None, precision: str = "auto", lookahead_ms: int | None = None):
+def load_recognizer(model: str | None, precision: str = "auto", right_context_ms: int | None = None):
     """The real recogniser, or the test double named by $REALLM_TEST_RECOGNIZER."""
-    extra = {} if lookahead_ms is None else {"lookahead_ms": lookahead_ms}
+    extra = {} if right_context_ms is None else {"right_context_ms": right_context_ms}
     spec = os.environ.get(TEST_RECOGNIZER_ENV)
     if spec:
         module_name, _, attr = spec.partition(":")
@@ -68,7 +69,8 @@ def print_devices() -> None:
 def listen_command(
     model: ModelOpt = None,
     precision: Precision = "auto",
-    lookahead_ms: LookaheadMs = None,
+    right_context_ms: RightContextMs = None,
+    lookahead_ms: LookaheadMsAlias = None,
     device: Annotated[Optional[str], typer.Option("--device", "-d", metavar="NAME|INDEX", help="Input device: index or (part of) its name; default: the system default.", show_default=False)] = None,
     list_devices: Annotated[bool, typer.Option("--list-devices", help="List input devices and exit.")] = False,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE", help="Also write the transcript here as it is recognised (txt, srt, vtt, json, jsonl).", show_default=False)] = None,
@@ -84,6 +86,7 @@ def listen_command(
     """
     from reallm_cli.writers import open_stream_writer, resolve_format
 
+    right_context_ms = right_context(right_context_ms, lookahead_ms)
     if list_devices:
         print_devices()
         return
@@ -93,11 +96,11 @@ def listen_command(
         resolve_format(output, fmt)  # a bad format fails before the model loads
     elif fmt is not None:
         raise ReallmError("--format applies to --output; give --output FILE")
-    run_listen(model=model, precision=precision, lookahead_ms=lookahead_ms, device=device, output=output, fmt=fmt, append=append, duration_s=duration,
+    run_listen(model=model, precision=precision, right_context_ms=right_context_ms, device=device, output=output, fmt=fmt, append=append, duration_s=duration,
                quiet=quiet, open_writer=open_stream_writer)
 
 
-def run_listen(*, model, precision="auto", lookahead_ms=None, device, output, fmt, append, duration_s, quiet, open_writer) -> None:
+def run_listen(*, model, precision="auto", right_context_ms=None, device, output, fmt, append, duration_s, quiet, open_writer) -> None:
     from rich.console import Console
     from rich.live import Live
 
@@ -112,9 +115,9 @@ def run_listen(*, model, precision="auto", lookahead_ms=None, device, output, fm
     find_input_device(device)  # a wrong --device fails before the (slow) model load
     if show_view:
         with err.status("loading model…"):
-            recognizer = load_recognizer(model, precision, lookahead_ms)
+            recognizer = load_recognizer(model, precision, right_context_ms)
     else:
-        recognizer = load_recognizer(model, precision, lookahead_ms)
+        recognizer = load_recognizer(model, precision, right_context_ms)
     session = recognizer.session()
 
     sinks = [StdoutLines()]

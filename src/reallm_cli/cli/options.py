@@ -6,6 +6,8 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
+from reallm_cli.errors import ReallmError
+
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", metavar="NAME|FILE",
     help="Model name (see `reallm models`) or model file; default: the embedded model.", show_default=False)]
@@ -17,12 +19,15 @@ Precision = Annotated[Literal["auto", "fp32", "bf16", "fp16", "int8"], typer.Opt
          "converted on load (faster; int8 is slightly less accurate; bf16 is slower than fp32 on a CPU "
          "without bfloat16 instructions; see the model card).")]
 
-LookaheadMs = Annotated[Optional[int], typer.Option(
-    "--lookahead-ms", metavar="MS",
-    help="Audio a Whisper-encoder model sees ahead of each chunk, a multiple of 240 ms; for the default model "
-         "(right-context mode) the right context every encoder layer sees (its own: 720). 480 shows words "
-         "0.24 s sooner with more errors on real speech, 960 0.24 s later; 0 is quickest and much less "
-         "accurate. Measured in the model card.", min=0, max=1440, show_default=False)]
+RightContextMs = Annotated[Optional[int], typer.Option(
+    "--right-context-ms", metavar="MS",
+    help="Audio every encoder layer of a Whisper-encoder model sees past the hop it finishes, a multiple of "
+         "240 ms (the default model's own: 720). 480 shows words 0.24 s sooner with more errors on real "
+         "speech, 960 0.24 s later; 0 (chunk-causal) is quickest and much less accurate. Measured in the "
+         "model card.", min=0, max=1440, show_default=False)]
+# The option's first name, kept working for scripts (hidden: one name in the help).
+LookaheadMsAlias = Annotated[Optional[int], typer.Option(
+    "--lookahead-ms", metavar="MS", help="Old name of --right-context-ms.", min=0, max=1440, hidden=True)]
 
 ThreadsOpt = Annotated[Optional[int], typer.Option(
     "--threads", metavar="N", help="Torch CPU threads (default: torch's choice, one per core).",
@@ -35,6 +40,13 @@ FormatOpt = Annotated[Optional[FormatName], typer.Option(
 
 QuietOpt = Annotated[bool, typer.Option(
     "--quiet", "-q", help="Nothing on stderr but warnings and errors (no progress bar, live view or summary).")]
+
+
+def right_context(right_context_ms: int | None, lookahead_ms: int | None) -> int | None:
+    """``--right-context-ms``, or its old name ``--lookahead-ms`` (None: the model's own)."""
+    if right_context_ms is not None and lookahead_ms is not None:
+        raise ReallmError("--lookahead-ms is the old name of --right-context-ms: give one of them")
+    return lookahead_ms if right_context_ms is None else right_context_ms
 
 
 def set_threads(threads: int | None) -> None:

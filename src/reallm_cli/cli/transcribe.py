@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from reallm_cli.cli.options import FormatOpt, LookaheadMs, ModelOpt, Precision, QuietOpt, ThreadsOpt, set_threads
+from reallm_cli.cli.options import (FormatOpt, LookaheadMsAlias, ModelOpt, Precision, QuietOpt, RightContextMs, ThreadsOpt,
+                                    right_context, set_threads)
 from reallm_cli.errors import ReallmError, error, warn
 
 
@@ -18,7 +19,8 @@ def transcribe_command(
     files: Annotated[list[str], typer.Argument(metavar="FILE...", help="Audio files (wav, flac, ogg, mp3, ...; any rate), or - for a whole audio file on stdin.", show_default=False)],
     model: ModelOpt = None,
     precision: Precision = "auto",
-    lookahead_ms: LookaheadMs = None,
+    right_context_ms: RightContextMs = None,
+    lookahead_ms: LookaheadMsAlias = None,
     fmt: FormatOpt = "txt",
     threads: ThreadsOpt = None,
     output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", metavar="DIR", help="Write DIR/<name>.<format> per input instead of stdout (inputs sharing a name keep their folders under DIR); each is written as <name>.<format>.partial and renamed when its input ends.", show_default=False)] = None,
@@ -39,6 +41,7 @@ def transcribe_command(
     from reallm_cli.engine import Recognizer
     from reallm_cli.writers import output_paths, resolve_format
 
+    right_context_ms = right_context(right_context_ms, lookahead_ms)
     fmt_name = resolve_format(None, fmt)
     if files.count("-") > 1:
         raise ReallmError("stdin (-) can be read only once")
@@ -65,7 +68,7 @@ def transcribe_command(
 
         from reallm_cli.jobs import WorkerConfig
 
-        config = WorkerConfig(model=model, precision=precision, lookahead_ms=lookahead_ms,
+        config = WorkerConfig(model=model, precision=precision, right_context_ms=right_context_ms,
                               threads=threads or max(1, (os.cpu_count() or 1) // n_jobs), block_s=block_s,
                               parent_pid=os.getpid())
         failures = _run_parallel(config, n_jobs, jobs, fmt_name, many=len(files) > 1, quiet=quiet)
@@ -73,7 +76,7 @@ def transcribe_command(
             raise typer.Exit(1)
         return
     set_threads(threads)
-    recognizer = Recognizer.load(model, precision=precision, lookahead_ms=lookahead_ms)
+    recognizer = Recognizer.load(model, precision=precision, right_context_ms=right_context_ms)
     failures = _run(recognizer, jobs, fmt_name, many=len(files) > 1, block_s=block_s, quiet=quiet)
     if failures:
         raise typer.Exit(1)

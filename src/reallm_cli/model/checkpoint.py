@@ -9,35 +9,26 @@ import base64
 import json
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from reallm_cli.errors import ModelError
-from reallm_cli.weights import verify_model_file
+from reallm_cli.errors import ConfigError, ModelError
+from reallm_cli.model.encoder import EncoderConfig, build_encoder
 from reallm_cli.model.reallm import ReaLLM, ReaLLMConfig
+from reallm_cli.model.whisper_config import WhisperEncoderConfig
+from reallm_cli.weights import verify_model_file
 from reallm_cli.tokenizer import Tokenizer, tokenizer_from_bytes
 
 FORMAT = "reallm-model/1"
 
 
-def build_encoder(kind: str, cfg: dict):
-    """Rebuild an encoder from its kind and config dict (as stored in the checkpoint)."""
-    if kind == "conformer":
-        from reallm_cli.model.conformer import ConformerConfig, ConformerEncoder
-
-        return ConformerEncoder(ConformerConfig(**cfg))
-    if kind == "whisper":
-        from reallm_cli.model.whisper_encoder import WhisperEncoderConfig, WhisperStreamingEncoder
-
-        return WhisperStreamingEncoder(WhisperEncoderConfig(**cfg))
-    raise ModelError(f"unknown encoder kind {kind!r} in model file")
-
-
 def build_model(config: ReaLLMConfig) -> ReaLLM:
-    return ReaLLM(config, build_encoder(config.encoder_kind, config.encoder))
+    """A randomly initialised model of this config (load weights into it)."""
+    return ReaLLM(config, build_encoder(config.encoder))
 
 
 def save_model(path: str | Path, model: ReaLLM, tokenizer: Tokenizer, dtype: torch.dtype = torch.float16,
@@ -97,30 +88,31 @@ def is_model_file(path: str | Path) -> bool:
     return True
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32,
-               lookahead_ms: int | None = None) -> tuple[ReaLLM, Tokenizer]:
-    """Rebuild model and tokenizer from one file; weights are cast to ``dtype`` (fp32 runs fastest on CPU).
-    ``lookahead_ms`` replaces a Whisper encoder's look-ahead (a multiple of its chunk): the same weights
-    then see more (or less) audio ahead of each chunk, a trade of latency for accuracy (model card). For
-    an encoder in right-context mode it is the right context (0: chunk-causal, no hops)."""
-    meta = read_metadata(path)
+def read_config(path: str | Path, meta: dict[str, str]) -> ReaLLMConfig:
+    """The config in a model file's metadata, checked through (a one-line ``ModelError`` naming the file)."""
     try:
-        raw = json.loads(meta["config"])
-        if lookahead_ms is not None:
-            if raw.get("encoder_kind") != "whisper":
-                raise ModelError(f"{path}: the look-ahead can be changed only for a Whisper-encoder model")
-            enc = raw["encoder"]
-            if enc.get("right_context_ms"):
-                enc["right_context_ms"] = lookahead_ms
-                if lookahead_ms == 0:
-                    enc["hop_ms"] = 0
-            else:
-                enc["lookahead_ms"] = lookahead_ms
-        config = ReaLLMConfig.from_dict(raw)
+        return ReaLLMConfig.from_dict(json.loads(meta["config"]))
+    except ConfigError as exc:
+        raise ModelError(f"model file {path} is refused: {exc}") from exc
+    except (KeyError, ValueError) as exc:
+        raise ModelError(f"corrupt reallm model file {path}: {exc}") from exc
+
+
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32,
+               right_context_ms: int | None = None) -> tuple[ReaLLM, Tokenizer]:
+    """Rebuild model and tokenizer from one file; weights are cast to ``dtype`` (fp32 runs fastest on CPU).
+    ``right_context_ms`` replaces a Whisper encoder's right context (a multiple of its chunk): the same
+    weights then see more (or less) audio ahead of each hop, a trade of latency for accuracy (model
+    card); 0 is chunk-causal, with a hop of one chunk."""
+    meta = read_metadata(path)
+    config = read_config(path, meta)
+    if right_context_ms is not None:
+        config = replace(config, encoder=_with_right_context(config.encoder, right_context_ms, path))
+    try:
         tokenizer = tokenizer_from_bytes(base64.b64decode(meta["tokenizer"]))
     except (KeyError, ValueError, TypeError) as exc:
         raise ModelError(f"corrupt reallm model file {path}: {exc}") from exc
-    model = build_model(config)  # a look-ahead that does not fit the encoder is a one-line WhisperConfigError
+    model = build_model(config)
     try:
         verify_model_file(path)  # before any weight is read; a mismatch is one line and nothing loads
         state = load_file(str(path))
@@ -128,6 +120,16 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32,
     except (RuntimeError, SafetensorError) as exc:
         raise ModelError(f"model file {path} does not match its config: {str(exc).splitlines()[0]}") from exc
     return model.to(dtype).eval(), tokenizer
+
+
+def _with_right_context(enc: EncoderConfig, right_context_ms: int, path: str | Path) -> WhisperEncoderConfig:
+    """The encoder config with another right context; 0 is chunk-causal, with a hop of one chunk."""
+    if not isinstance(enc, WhisperEncoderConfig):
+        raise ModelError(f"{path}: the right context can be changed only for a Whisper-encoder model")
+    try:
+        return replace(enc, right_context_ms=right_context_ms, hop_ms=enc.hop_ms if right_context_ms else 0)
+    except ConfigError as exc:
+        raise ModelError(f"a right context of {right_context_ms} ms does not fit {path}: {exc}") from exc
 
 
 def model_extra(path: str | Path) -> dict:
@@ -141,8 +143,9 @@ def average_models(paths: list[str | Path], out: str | Path, extra: dict | None 
     if len(paths) < 2:
         raise ModelError("averaging needs at least two model files")
     metas = [read_metadata(p) for p in paths]
-    for p, m in zip(paths[1:], metas[1:]):
-        if m["config"] != metas[0]["config"] or m["tokenizer"] != metas[0]["tokenizer"]:
+    config = read_config(paths[0], metas[0])
+    for p, m in zip(paths[1:], metas[1:]):  # the same config, even where two versions wrote it apart
+        if read_config(p, m) != config or m["tokenizer"] != metas[0]["tokenizer"]:
             raise ModelError(f"{p} has another config or tokenizer than {paths[0]}: its weights cannot be averaged")
     states = [load_file(str(p)) for p in paths]
     tensors = {}

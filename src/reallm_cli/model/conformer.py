@@ -13,12 +13,14 @@ Every part is causal or chunk-causal, so streaming is exact rather than approxim
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from reallm_cli.errors import ReallmError
+from reallm_cli.model.config import config_from_dict
 from reallm_cli.model.decoder import apply_rope, rope_cos_sin
 from reallm_cli.timebase import DEFAULT_CHUNK_MS, MEL_FRAME_MS, N_MELS, exact_div
 
@@ -29,6 +31,8 @@ class EncoderInputError(ReallmError, ValueError):
 
 @dataclass(frozen=True)
 class ConformerConfig:
+    kind: ClassVar[str] = "conformer"  # the tag of this config in a model file
+
     n_mels: int = N_MELS
     d_model: int = 256
     n_heads: int = 4
@@ -57,6 +61,11 @@ class ConformerConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ConformerConfig":
+        """The config as a model file stores it: every field, no other key."""
+        return config_from_dict(cls, d, "conformer encoder config")
 
 
 CONFORMER_PRESETS: dict[str, ConformerConfig] = {
@@ -236,7 +245,7 @@ def _chunk_attention(q, k, v, lengths: torch.Tensor, chunk_frames: int, left_chu
 class ConformerEncoder(nn.Module):
     """StreamingEncoder: (B, T_mel, 80) log-mel -> (B, T_mel // 4, d_model), one frame per 40 ms."""
 
-    lookahead_ms = 0
+    wait_ms = 0
     hop_chunks = 1
     stem_lookahead_ms = 0  # the causal subsampling reads no mel frame past a chunk's own
 

@@ -34,7 +34,7 @@ def preset_config(name: str, vocab_size: int | None = None, chunk_ms: int | None
         enc = replace(enc, chunk_ms=chunk_ms)
     if vocab_size is not None:
         dec = replace(dec, vocab_size=vocab_size)
-    return ReaLLMConfig(encoder_kind="conformer", encoder=enc.to_dict(), decoder=dec)
+    return ReaLLMConfig(encoder=enc, decoder=dec)
 
 
 def placeholder_tokenizer(vocab_size: int):

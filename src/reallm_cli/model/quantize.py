@@ -225,10 +225,10 @@ def _concat_linears(parts: list[nn.Linear]) -> tuple[nn.Linear, int]:
 
 def fuse_projections(model: nn.Module) -> nn.Module:
     """One product instead of several where they share an input (a streaming step is a few rows, where a
-    call's fixed cost matters): the decoder layers' q, k and v, the Whisper encoder's k and v (its
-    queries may wait for look-ahead). The separate layers are dropped. Inference only."""
+    call's fixed cost matters): the decoder layers' q, k and v, the Whisper encoder's k and v (its top
+    layer has fewer queries than keys: none for the right context). The separate layers are dropped. Inference only."""
     from reallm_cli.model.decoder import Attention
-    from reallm_cli.model.whisper_encoder import MultiHeadAttention
+    from reallm_cli.model.whisper_blocks import MultiHeadAttention
 
     for m in list(model.modules()):  # a list: the loop replaces submodules
         if isinstance(m, Attention) and m.wqkv is None:

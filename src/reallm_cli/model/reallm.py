@@ -6,21 +6,22 @@ chunk it emits pieces until BLANK. Training is cross-entropy on that interleaved
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from reallm_cli.errors import ConfigError
+from reallm_cli.model.config import config_from_dict
 from reallm_cli.model.decoder import DecoderConfig, LlamaDecoder
-from reallm_cli.model.encoder import StreamingEncoder
+from reallm_cli.model.encoder import EncoderConfig, StreamingEncoder, encoder_config_from_dict
 from reallm_cli.timebase import exact_div
 
 
 @dataclass(frozen=True)
 class ReaLLMConfig:
-    encoder_kind: str  # "conformer" | "whisper"
-    encoder: dict  # the encoder's own frozen config, as a dict (rebuilt by model.registry)
+    encoder: EncoderConfig  # a Whisper encoder's or a Conformer's; a file tags it with its ``kind``
     decoder: DecoderConfig
     max_tokens_per_chunk: int = 10  # stops a looping decoder; no chunk of 240 ms holds more pieces
     # Silence the engine feeds before each stream's audio (a multiple of the chunk): a model whose training
@@ -43,11 +44,15 @@ class ReaLLMConfig:
         if self.projector_hidden < 0:
             raise ValueError(f"projector_hidden must be >= 0, got {self.projector_hidden}")
 
+    @property
+    def encoder_kind(self) -> str:
+        return self.encoder.kind
+
     def to_dict(self) -> dict:
         return {
-            "encoder_kind": self.encoder_kind,
-            "encoder": dict(self.encoder),
-            "decoder": asdict(self.decoder),
+            "encoder_kind": self.encoder.kind,
+            "encoder": self.encoder.to_dict(),
+            "decoder": self.decoder.to_dict(),
             "max_tokens_per_chunk": self.max_tokens_per_chunk,
             "lead_in_ms": self.lead_in_ms,
             "emit_delay_chunks": self.emit_delay_chunks,
@@ -57,16 +62,18 @@ class ReaLLMConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ReaLLMConfig":
-        return cls(
-            encoder_kind=d["encoder_kind"],
-            encoder=dict(d["encoder"]),
-            decoder=DecoderConfig(**d["decoder"]),
-            max_tokens_per_chunk=int(d.get("max_tokens_per_chunk", 10)),
-            lead_in_ms=int(d.get("lead_in_ms", 0)),
-            emit_delay_chunks=int(d.get("emit_delay_chunks", 0)),
-            slots_per_chunk=int(d.get("slots_per_chunk", 1)),
-            projector_hidden=int(d.get("projector_hidden", 0)),
-        )
+        """The config as a model file stores it, checked through: encoder and decoder configs with every key
+        (the encoder's chosen by ``encoder_kind``); the options after them may be missing (older files),
+        and read as their defaults. Anything unknown or inconsistent is a one-line ``ConfigError``."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"model config: expected an object, got {type(d).__name__}")
+        missing = [k for k in ("encoder_kind", "encoder", "decoder") if k not in d]
+        if missing:
+            raise ConfigError(f"model config: missing key(s) {', '.join(missing)}")
+        rest = {k: v for k, v in d.items() if k != "encoder_kind"}
+        rest["encoder"] = encoder_config_from_dict(d["encoder_kind"], d["encoder"])
+        rest["decoder"] = config_from_dict(DecoderConfig, d["decoder"], "decoder config")
+        return config_from_dict(cls, rest, "model config", all_keys=False)
 
 
 class ChunkProjector(nn.Module):

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from reallm_cli.errors import ModelError
-from reallm_cli.model.whisper_encoder import FRAME_MS, WhisperEncoderConfig, save_whisper_encoder
+from reallm_cli.model.whisper_config import FRAME_MS, WhisperEncoderConfig
+from reallm_cli.model.whisper_file import save_whisper_encoder
 from reallm_cli.weights import sha256_file
 
 SUPPORTED_BINARY_VERSIONS = (5, 6)

@@ -11,13 +11,15 @@ import base64
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from reallm_cli.errors import ModelError
+from reallm_cli.errors import ConfigError, ModelError
+from reallm_cli.model.config import config_from_dict
+from reallm_cli.model.encoder import EncoderConfig, build_encoder, encoder_config_from_dict
 from reallm_cli.tokenizer import Tokenizer, tokenizer_from_bytes
 from reallm_cli.train.ctc_head import CTCHead
 from reallm_cli.writers import default_file_mode
@@ -27,14 +29,23 @@ FORMAT = "reallm-ctc-teacher/1"
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    encoder_kind: str  # "conformer"
-    encoder: dict  # the encoder's config as a dict
+    encoder: EncoderConfig  # a preset's Conformer; a file tags it with its ``kind``
     vocab_size: int
     head_hidden: int = 512
     head_dropout: float = 0.1
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"encoder_kind": self.encoder.kind, "encoder": self.encoder.to_dict(), "vocab_size": self.vocab_size,
+                "head_hidden": self.head_hidden, "head_dropout": self.head_dropout}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TeacherConfig":
+        """The config as a teacher file stores it (the encoder's chosen by ``encoder_kind``), checked through."""
+        if not isinstance(d, dict) or "encoder_kind" not in d or "encoder" not in d:
+            raise ConfigError("teacher config: missing key(s) encoder_kind, encoder")
+        rest = {k: v for k, v in d.items() if k != "encoder_kind"}
+        rest["encoder"] = encoder_config_from_dict(d["encoder_kind"], d["encoder"])
+        return config_from_dict(cls, rest, "teacher config", all_keys=False)
 
 
 class CTCTeacher(nn.Module):
@@ -42,10 +53,8 @@ class CTCTeacher(nn.Module):
 
     def __init__(self, config: TeacherConfig):
         super().__init__()
-        from reallm_cli.model.checkpoint import build_encoder
-
         self.config = config
-        self.encoder = build_encoder(config.encoder_kind, config.encoder)
+        self.encoder = build_encoder(config.encoder)
         self.head = CTCHead(self.encoder.out_dim, config.vocab_size, config.head_hidden, config.head_dropout)
 
     @property
@@ -94,7 +103,7 @@ def load_teacher(path: str | Path) -> tuple[CTCTeacher, Tokenizer]:
     if meta.get("format") != FORMAT:
         raise ModelError(f"not a reallm CTC teacher (make one with `reallm train teacher`): {path}")
     try:
-        config = TeacherConfig(**json.loads(meta["config"]))
+        config = TeacherConfig.from_dict(json.loads(meta["config"]))
         tokenizer = tokenizer_from_bytes(base64.b64decode(meta["tokenizer"]))
         teacher = CTCTeacher(config)
         teacher.load_state_dict(load_file(str(path)))

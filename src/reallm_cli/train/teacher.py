@@ -55,8 +55,8 @@ def train_teacher(
     out = Path(out)
     tok = load_tokenizer(tokenizer)
     rcfg = preset_config(preset, vocab_size=tok.vocab_size)
-    d_model = int(rcfg.encoder["d_model"])
-    config = TeacherConfig(encoder_kind=rcfg.encoder_kind, encoder=rcfg.encoder, vocab_size=tok.vocab_size,
+    d_model = rcfg.encoder.d_model
+    config = TeacherConfig(encoder=rcfg.encoder, vocab_size=tok.vocab_size,
                            head_hidden=head_hidden or max(2 * d_model, 256))
     torch.manual_seed(options.seed)
     teacher = CTCTeacher(config)
@@ -151,7 +151,7 @@ def align_manifest(
             records[i] = _record(entries[i].id, tokens[i], res, n, teacher.frame_ms, chunk_ms)
     done = [r for r in records if r is not None]
     write_alignments(out, done)
-    return alignment_report(done, frame_ms=teacher.frame_ms, chunk_ms=chunk_ms, lookahead_ms=teacher.encoder.lookahead_ms)
+    return alignment_report(done, frame_ms=teacher.frame_ms, chunk_ms=chunk_ms, wait_ms=teacher.encoder.wait_ms)
 
 
 def _record(utt_id: str, tokens: list[int], res, n_frames: int, frame_ms: int, chunk_ms: int) -> AlignmentRecord:

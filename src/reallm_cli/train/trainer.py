@@ -370,7 +370,7 @@ def train_reallm(
     model = build_model(config)
     if init_encoder is not None:
         teacher, teacher_tok = load_teacher(init_encoder)
-        if teacher.config.encoder_kind != config.encoder_kind or teacher.config.encoder != config.encoder:
+        if teacher.config.encoder != config.encoder:
             raise TrainError(f"{init_encoder}: its encoder is not the {preset!r} preset's; train the teacher with --preset {preset}")
         if teacher_tok.model_proto != tok.model_proto:
             say(f"note: {init_encoder} was trained with another tokenizer; only its encoder is used")
