@@ -295,5 +295,5 @@ def test_emit_time_is_when_the_chunk_can_first_be_decoded(kind, rc_recognizer):
     assert len(ready_ms) >= 6
     for c, at in ready_ms.items():
         hop_end = -(-(c + 1) // enc.hop_chunks) * enc.hop_chunks  # the hop finishes all its chunks together
-        expected = hop_end * 240 + enc.lookahead_ms - (enc.hop_chunks - 1) * 240 + frontend_lookahead_ms(enc)
+        expected = hop_end * 240 + enc.wait_ms - (enc.hop_chunks - 1) * 240 + frontend_lookahead_ms(enc)
         assert at == np.ceil(expected), (c, at, expected)  # 1 ms pushes: the first whole ms at or past it

@@ -11,7 +11,8 @@ every 20 ms. What we change is only *what each frame may attend to* (``WhisperEn
   sees the same span ahead, for (hop + right context) / hop times the compute; a pretrained encoder needs
   no adaptation to it (the default model). Right context 0 with a hop of one chunk is chunk-causal.
 - **Conv stem.** The convolutions are kept as trained; conv2's output frame j reads mel frames 2j-2 .. 2j+2,
-  so a chunk also needs the first mel frame (10 ms) of the next one, on top of ``wait_ms``. The stream
+  so a chunk also needs the first mel frame (10 ms) of the next one (``stem_lookahead_ms``), on top of
+  ``wait_ms``. The stream
   starts with zero padding, like the offline convolution.
 - **Windows (restarts).** Whisper only knows positions 0 .. 1499 (30 s). Endless audio is cut into windows
   of ``window_ms``; window k starts at frame ``k * stride`` and re-encodes ``overlap_ms`` of audio from
@@ -37,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from reallm_cli.errors import ReallmError
+from reallm_cli.timebase import MEL_FRAME_MS
 from reallm_cli.model.whisper_blocks import ResidualAttentionBlock, padding_mask, sinusoids
 from reallm_cli.model.whisper_config import FRAME_MS, WhisperEncoderConfig, window_emit_range, window_start_frame
 
@@ -94,6 +96,7 @@ class WhisperStreamingEncoder(nn.Module):
         self.chunk_ms = config.chunk_ms
         self.wait_ms = config.wait_ms  # what the engine waits for past a chunk's end (at most)
         self.hop_chunks = config.hop_chunks  # chunks a step finishes together
+        self.stem_lookahead_ms = MEL_FRAME_MS  # conv2 frame j reads mel frame 2j + 2, one past its own two
         self.conv1 = nn.Conv1d(config.n_mels, config.d_model, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(config.d_model, config.d_model, kernel_size=3, stride=2, padding=1)
         self.register_buffer("positional_embedding", sinusoids(config.n_ctx, config.d_model))
