@@ -69,6 +69,7 @@ if run 1; then
     stamp "1: labels ($LABELS)"
     if [ ! -f "$LABELS" ]; then
         python -m reallm_cli.train.pseudo_label --audio-dir "$SHARED/unlabeled-real" --out "$WORK/pseudo" \
+            --model-dir "$REPO/runs/whisper-base-ct2" \
             --threads "$THREADS"
         python "$RECIPE/labels.py" "$WORK/pseudo/labels_raw.jsonl" --out "$LABELS"
     fi

@@ -30,7 +30,7 @@ import json
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -344,7 +344,7 @@ def build_reallm(run: Run, dec_tok: Tokenizer) -> ReaLLM:
     args, encoder = run.args, run.encoder
     if run.init_model is not None:
         old = run.init_model.config
-        config = replace(old, decoder=replace(old.decoder, dropout=args.dropout), encoder=asdict(encoder.config))
+        config = replace(old, decoder=replace(old.decoder, dropout=args.dropout), encoder=encoder.config)
         model = ReaLLM(config, encoder)
         res = model.load_state_dict({k: v for k, v in run.init_model.state_dict().items()
                                      if not k.startswith("encoder.")}, strict=False)
@@ -358,7 +358,7 @@ def build_reallm(run: Run, dec_tok: Tokenizer) -> ReaLLM:
     if run.pretrained:
         dec_cfg, init_state = import_whisper_decoder(find_installed_whisper("tiny.en"), dec_tok.keep_ids,
                                                      blank_from=50256, window=512, dropout=args.dropout)
-    config = ReaLLMConfig(encoder_kind="whisper", encoder=asdict(encoder.config), decoder=dec_cfg,
+    config = ReaLLMConfig(encoder=encoder.config, decoder=dec_cfg,
                           lead_in_ms=args.lead_in_ms, emit_delay_chunks=args.emit_delay_chunks,
                           slots_per_chunk=args.slots_per_chunk, projector_hidden=args.projector_hidden)
     model = ReaLLM(config, encoder)

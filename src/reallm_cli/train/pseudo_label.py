@@ -153,7 +153,8 @@ def label_directory(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--audio-dir", type=Path, required=True)
-    ap.add_argument("--model-dir", type=Path, default=Path("/work/cache/whisper-base-ct2"))
+    ap.add_argument("--model-dir", type=Path, default=Path("runs/whisper-base-ct2"),
+                    help="where offline Whisper base is assembled from the registry packages (relative: to here)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
