@@ -53,6 +53,8 @@ def test_scores_the_reference_and_the_output_on_real_speech(tmp_path):
     rec = Recognizer.load(None, precision="fp32")
     own = " ".join(w.text for w in rec.transcribe_array(load_audio(jfk)))
     truth = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
+    if own == truth:  # the model is right: score a sentence one word off it instead, which must differ
+        truth = truth.replace("ask not", "ask north")
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps({"id": i, "audio": str(jfk), "text": t}) + "\n"
                                 for i, t in (("truth", truth), ("own", own))))

@@ -83,6 +83,7 @@ class _NoiseEncoder(nn.Module):
     frame_ms = 20
     wait_ms = 0
     hop_chunks = 1
+    stem_lookahead_ms = 0
 
     def __init__(self, chunk_ms: int, out_dim: int = 8) -> None:
         super().__init__()
