@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from reallm_cli.errors import ConfigError, ModelError
+from reallm_cli.model.file_metadata import safetensors_metadata
 from reallm_cli.model.encoder import EncoderConfig, build_encoder
 from reallm_cli.model.reallm import ReaLLM, ReaLLMConfig
 from reallm_cli.model.whisper_config import WhisperEncoderConfig
@@ -62,18 +63,14 @@ def _write_atomically(path: Path, tensors: dict[str, torch.Tensor], meta: dict[s
 
 
 def read_metadata(path: str | Path) -> dict:
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model file not found: {path}")
     if path.is_dir():
         raise ModelError(f"model path is a directory, not a model file: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelError(f"not a reallm model file (not safetensors): {path}") from exc
+    meta = safetensors_metadata(path)
+    if meta is None:
+        raise ModelError(f"not a reallm model file (not safetensors): {path}")
     if meta.get("format") != FORMAT:
         raise ModelError(f"not a reallm model file (safetensors without reallm metadata): {path}")
     return meta

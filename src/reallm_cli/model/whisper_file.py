@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from reallm_cli.errors import ConfigError, ModelError
+from reallm_cli.errors import ModelError
+from reallm_cli.model.file_metadata import safetensors_metadata
 from reallm_cli.model.whisper_config import WhisperEncoderConfig
 from reallm_cli.model.whisper_encoder import WhisperStreamingEncoder
 
@@ -38,16 +39,12 @@ def save_whisper_encoder(path: str | Path, config: WhisperEncoderConfig, state_d
 
 def read_whisper_encoder_config(path: str | Path) -> WhisperEncoderConfig:
     """The config stored in an encoder file (as imported: default streaming settings)."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"whisper encoder file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelError(f"not a safetensors file: {path}") from exc
+    meta = safetensors_metadata(path)
+    if meta is None:
+        raise ModelError(f"not a safetensors file: {path}")
     if meta.get("format") != FILE_FORMAT:
         raise ModelError(f"not a reallm whisper encoder file (format {meta.get('format')!r}): {path}")
     try:

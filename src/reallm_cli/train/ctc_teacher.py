@@ -20,6 +20,7 @@ import torch.nn as nn
 from reallm_cli.errors import ConfigError, ModelError
 from reallm_cli.model.config import config_from_dict
 from reallm_cli.model.encoder import EncoderConfig, build_encoder, encoder_config_from_dict
+from reallm_cli.model.file_metadata import safetensors_metadata
 from reallm_cli.tokenizer import Tokenizer, tokenizer_from_bytes
 from reallm_cli.train.ctc_head import CTCHead
 from reallm_cli.writers import default_file_mode
@@ -89,17 +90,14 @@ def save_teacher(path: str | Path, teacher: CTCTeacher, tokenizer: Tokenizer, ex
 
 def load_teacher(path: str | Path) -> tuple[CTCTeacher, Tokenizer]:
     """Rebuild a teacher and its tokenizer from one file (ModelError on anything else)."""
-    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"teacher file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError):
-        raise ModelError(f"not a reallm CTC teacher (not safetensors): {path}") from None
+    meta = safetensors_metadata(path)
+    if meta is None:
+        raise ModelError(f"not a reallm CTC teacher (not safetensors): {path}")
     if meta.get("format") != FORMAT:
         raise ModelError(f"not a reallm CTC teacher (make one with `reallm train teacher`): {path}")
     try:
