@@ -166,3 +166,38 @@ def test_a_fresh_cache_reads_only_its_filled_slots():
     cache.v.fill_(float("nan"))
     outs = [dec.step(x[:, :2], cache), dec.step(x[:, 2:3], cache), dec.step(x[:, 3:], cache)]
     torch.testing.assert_close(torch.cat(outs, dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_rewound_positions_are_as_if_never_fed():
+    dec = tiny_decoder(dataclasses.replace(TINY, window=16))
+    a, b, c = (torch.randn(1, n, TINY.d_model) for n in (3, 4, 2))
+    ahead, plain = dec.init_cache(1), dec.init_cache(1)
+    dec.step(a, ahead)
+    dec.step(b, ahead)  # fed ahead, then taken back
+    assert dec.fits_in_order(ahead, 0)
+    dec.rewind(ahead, b.shape[1])
+    dec.step(a, plain)
+    torch.testing.assert_close(dec.step(c, ahead), dec.step(c, plain))
+    assert ahead.pos == plain.pos and torch.equal(ahead.slot_pos, plain.slot_pos)
+    # beyond the window, fed again, identical too: the ring then holds the same slots
+    more = torch.randn(1, 20, TINY.d_model)
+    torch.testing.assert_close(dec.step(more, ahead), dec.step(more, plain))
+
+
+def test_logits_at_chosen_positions_of_a_step():
+    dec = tiny_decoder()
+    x = torch.randn(1, 5, TINY.d_model)
+    full, some = dec.init_cache(1), dec.init_cache(1)
+    at = torch.tensor([1, 4])
+    torch.testing.assert_close(dec.step(x, some, at=at), dec.step(x, full)[:, at])
+
+
+def test_a_ring_that_wrapped_cannot_rewind():
+    dec = tiny_decoder()  # window 6
+    cache = dec.init_cache(1)
+    assert dec.fits_in_order(cache, WINDOW) and not dec.fits_in_order(cache, WINDOW + 1)
+    dec.step(torch.randn(1, WINDOW + 2, TINY.d_model), cache)
+    with pytest.raises(ValueError, match="cannot rewind"):
+        dec.rewind(cache, 1)
+    with pytest.raises(ValueError, match="cannot rewind"):
+        dec.rewind(dec.init_cache(1), 1)  # nothing to take back

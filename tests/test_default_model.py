@@ -163,3 +163,45 @@ def test_silence_and_noise_give_no_words(kind):
         audio = 0.1 * (audio - audio.mean()) / np.abs(audio - audio.mean()).max()
     words = Recognizer.load(None, precision="fp32").transcribe_array(audio.astype(np.float32))
     assert [w.text for w in words] == []
+
+
+def test_file_mode_gives_the_very_words_of_live_streaming_on_real_speech(shared_data, tmp_path, monkeypatch):
+    """A file's 8 s blocks let the encoder finish many hops in one masked pass and the decoder read many chunks
+    in one pass; a microphone's 240 ms blocks finish one hop at a time. The words and their times must not
+    differ. Audio: jfk and the five LibriVox utterances of dev-real joined, long enough to cross window and
+    decoder-context restarts."""
+    import numpy as np
+    import soundfile as sf
+
+    from reallm_cli.audio.source import load_audio
+    from reallm_cli.engine import DecoderContext, Recognizer
+    from reallm_cli.model.whisper_encoder import WhisperStreamingEncoder
+    from reallm_cli.transcribe import stream_file
+
+    rows = [json.loads(x) for x in (shared_data / "dev-real" / "manifest.jsonl").read_text().splitlines() if x.strip()]
+    parts = [load_audio(shared_data / "dev-real" / r["audio"]) for r in rows if not r["id"].startswith("fsdd")]
+    audio = np.concatenate([np.concatenate([p, np.zeros(8000, np.float32)]) for p in parts])
+    assert len(audio) > 16000 * 30  # beyond one 28.8 s encoder window and one 15.4 s decoder context
+    path = tmp_path / "joined.flac"
+    sf.write(path, audio, 16000)
+    audio = load_audio(path)  # as the file reader gives it back
+
+    rec = Recognizer.load(None)
+    hops, chunks = [], []
+    finish_hops, chunks_ahead = WhisperStreamingEncoder._finish_hops, DecoderContext.chunks_ahead
+    monkeypatch.setattr(WhisperStreamingEncoder, "_finish_hops",
+                        lambda self, w, todo, spans: hops.append(len(spans)) or finish_hops(self, w, todo, spans))
+    monkeypatch.setattr(DecoderContext, "chunks_ahead",
+                        lambda self, slots: (lambda r: chunks.append(r[0].shape[0]) or r)(chunks_ahead(self, slots)))
+    segments = []
+    stream_file(rec, str(path), segments.append)
+    file_words = [w for s in segments for w in s.words]
+    assert max(hops) >= 10 and max(chunks) >= 8, "the file did not take the batched paths"
+    hops.clear()
+    session, live_words = rec.session(), []
+    for i in range(0, len(audio), 3840):
+        live_words.extend(session.push(audio[i:i + 3840]).final)
+    live_words.extend(session.flush().final)
+    assert max(hops) == 1 or hops.count(1) > 0.9 * len(hops)  # live: one hop at a time (a flush finishes more)
+    assert len(file_words) > 80
+    assert file_words == live_words

@@ -12,7 +12,7 @@ import torch
 
 from reallm_cli.model.encoder import StreamingEncoder
 from reallm_cli.model.whisper_config import WhisperEncoderConfig
-from reallm_cli.model.whisper_encoder import EncoderInputError, WhisperStreamingEncoder
+from reallm_cli.model.whisper_encoder import EncoderInputError, WhisperStreamingEncoder, hop_spans, hops_mask
 
 torch.set_num_threads(1)
 
@@ -232,3 +232,48 @@ def test_bad_stream_input_is_a_clear_error():
     model.flush(state)
     with pytest.raises(EncoderInputError, match="flush"):
         model.step(torch.randn(1, 10, 80), state)
+
+
+def test_hop_spans_finish_what_the_right_context_allows():
+    assert hop_spans(59, 24, 36, complete=False) == []
+    assert hop_spans(60, 24, 36, complete=False) == [(0, 24, 36)]
+    assert hop_spans(108, 24, 36, complete=False) == [(0, 24, 36), (24, 24, 36), (48, 24, 36)]
+    # no more frames come: every frame is finished, the right contexts shrink, the last hop is short
+    assert hop_spans(58, 24, 36, complete=True) == [(0, 24, 34), (24, 24, 10), (48, 10, 0)]
+    assert hop_spans(0, 24, 36, complete=True) == []
+
+
+def test_hops_mask_lets_a_hop_see_earlier_hops_and_only_its_own_right_context():
+    assert hops_mask([(0, 2, 1)], n_keys=5, device=torch.device("cpu")) is None
+    m = hops_mask([(0, 2, 1), (2, 2, 1)], n_keys=1, device=torch.device("cpu"))
+    # queries: hop 0 (2), hop 1 (2), rc 0, rc 1; keys: 1 cached, hop 0 (2), hop 1 (2), rc 0, rc 1
+    assert m.int().tolist() == [[1, 1, 1, 0, 0, 1, 0],
+                                [1, 1, 1, 0, 0, 1, 0],
+                                [1, 1, 1, 1, 1, 0, 1],
+                                [1, 1, 1, 1, 1, 0, 1],
+                                [1, 1, 1, 0, 0, 1, 0],
+                                [1, 1, 1, 1, 1, 0, 1]]
+
+
+@pytest.mark.parametrize("rc_chunks,hop_chunks", [(3, 2), (2, 1), (0, 1)])
+def test_many_hops_in_one_pass_equal_one_hop_at_a_time(rc_chunks, hop_chunks, monkeypatch):
+    # A file's blocks finish many hops per call, in one masked pass; the live schedule finished one at a time.
+    model = small(right_context_ms=rc_chunks * 240, hop_ms=hop_chunks * 240, window_ms=(8 + rc_chunks) * 240,
+                  overlap_ms=2 * 240)
+    mel = torch.randn(1, 901, 80)
+    batched, passes = WhisperStreamingEncoder._finish_hops, []
+
+    def counted(self, w, todo, spans):
+        passes.append(len(spans))
+        return batched(self, w, todo, spans)
+
+    def one_at_a_time(self, w, todo, spans):
+        return torch.cat([batched(self, w, todo[:, a:], [(0, n, r)]) for a, n, r in spans], dim=1)
+
+    monkeypatch.setattr(WhisperStreamingEncoder, "_finish_hops", counted)
+    in_one_block = stream(model, mel, sizes=[901])
+    assert max(passes) >= 5  # many hops in one pass did happen
+    monkeypatch.setattr(WhisperStreamingEncoder, "_finish_hops", one_at_a_time)
+    reference = stream(model, mel, sizes=[901])
+    assert in_one_block.shape == reference.shape == (1, 451, 32)
+    assert (in_one_block - reference).abs().max().item() < 1e-5

@@ -41,6 +41,7 @@ class DecodeOptions:
     context_chunks: int = 64  # the decoder's context restarts when it holds this many chunks (15.4 s at 240 ms)
     carry_chunks: int = 8  # chunks (with their pieces) carried into a restarted context
     max_word_pieces: int = 32  # a word this long is final (no real word has so many; bounds the word in progress)
+    chunks_ahead: int = 16  # ready chunks the decoder reads in one pass, up to the first that writes a piece
 
     def __post_init__(self) -> None:
         if self.carry_chunks < 0 or self.lead_in_chunks + self.carry_chunks >= self.context_chunks:
@@ -48,6 +49,8 @@ class DecodeOptions:
                              f"chunks) must be shorter than context_chunks ({self.context_chunks})")
         if self.max_word_pieces < 1:
             raise ValueError(f"max_word_pieces must be >= 1, got {self.max_word_pieces}")
+        if self.chunks_ahead < 1:
+            raise ValueError(f"chunks_ahead must be >= 1, got {self.chunks_ahead}")
 
 
 @dataclass
@@ -123,15 +126,32 @@ class DecoderContext:
         self.kv = self._decoder.init_cache(1)
         self.chunks: list[tuple[torch.Tensor, list[int]]] = []  # (slots (S, D), pieces)
 
-    def chunk(self, slots: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """Feed one chunk's speech slots (S, D), restarting a full context first; returns the logits (1, 1, V)
-        after its last slot (a chunk decides there) and whether the context restarted."""
+    def chunks_ahead(self, slots: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Feed the speech slots (n, S, D) of the next chunks, as many as may be decided in one pass (at least
+        one), restarting a full context first; returns the logits (k, V) after the last slot of each of the k
+        chunks fed (a chunk decides there) and whether the context restarted.
+
+        Each chunk's logits are what feeding the chunks one at a time would give as long as the chunks
+        before it write nothing: ``keep`` then forgets the chunks after the first that writes a piece."""
         restart = len(self.chunks) >= self._opts.context_chunks
         if restart:
             self._restart()
-        logits = self._decoder.step(slots[None], self.kv, last_only=True)
-        self.chunks.append((slots.clone(), []))  # a copy: a view would keep the whole pushed block's slots alive
+        n_slots = slots.shape[1]
+        k = max(1, min(slots.shape[0], self._opts.chunks_ahead, self._opts.context_chunks - len(self.chunks)))
+        while k > 1 and not self._decoder.fits_in_order(self.kv, k * n_slots):
+            k //= 2
+        at = torch.arange(n_slots - 1, k * n_slots, n_slots)
+        logits = self._decoder.step(slots[:k].reshape(1, k * n_slots, -1), self.kv, at=at)[0]
+        # copies: a view would keep the whole pushed block's slots alive
+        self.chunks.extend((s.clone(), []) for s in slots[:k])
         return logits, restart
+
+    def forget(self, n: int) -> None:
+        """Forget the last ``n`` chunks fed by ``chunks_ahead`` (before any piece after them): they are fed
+        again once the chunk before them has written its pieces."""
+        if n:
+            self._decoder.rewind(self.kv, sum(slots.shape[0] for slots, _ in self.chunks[-n:]))
+            del self.chunks[-n:]
 
     def piece(self, token: int) -> torch.Tensor:
         """Feed a piece written after the latest chunk; returns the next logits (1, 1, V)."""
@@ -309,33 +329,55 @@ class Session:
         self.emission.frames(ready)
         embeddings = self._model.speech_embeddings(ready[None])[0]  # (n * slots, D)
         words: list[Word] = []
-        for emb in embeddings.view(-1, self._model.config.slots_per_chunk, embeddings.shape[-1]):
-            words.extend(self._decode_chunk(emb))
+        chunks = embeddings.view(-1, self._model.config.slots_per_chunk, embeddings.shape[-1])
+        i = 0
+        while i < chunks.shape[0]:
+            n, new = self._decode_chunks(chunks[i:])
+            words.extend(new)
+            i += n
         return words
 
-    def _decode_chunk(self, emb: torch.Tensor) -> list[Word]:
+    def _decode_chunks(self, slots: torch.Tensor) -> tuple[int, list[Word]]:
+        """Decode the next of the chunks whose speech slots (n, S, D) are ready: all those before the first
+        that writes a piece, in one pass of the decoder, then that one's pieces. Returns how many chunks
+        were decoded and the words that became final. The same pieces as one chunk at a time (where the
+        decoder writes nothing, nothing but the chunks' slots follows each other)."""
         t0 = time.perf_counter()
-        c = self.chunks_done
         blank = self.recognizer.tokenizer.blank
-        logits, restarted = self.decoder.chunk(emb)
+        logits, restarted = self.decoder.chunks_ahead(slots)
         self.stats.restarts += restarted
+        writes = (logits.argmax(-1) != blank).nonzero()
+        k = logits.shape[0]
+        n = int(writes[0]) + 1 if writes.numel() and self._opts.max_tokens_per_chunk > 0 else k
+        self.decoder.forget(k - n)
+        words: list[Word] = []
+        for i in range(n):
+            c = self.chunks_done
+            if i == n - 1:
+                words.extend(self._write_pieces(logits[i], c))
+            words.extend(self.emission.end_of_chunk(c))
+            self.chunks_done += 1
+        self.stats.chunks += n
+        elapsed = time.perf_counter() - t0
+        for _ in range(n):
+            self.stats.chunk_decode_s.add(elapsed / n)
+        return n, words
+
+    def _write_pieces(self, logits: torch.Tensor, c: int) -> list[Word]:
+        """Greedy pieces after chunk ``c`` from the logits (V,) at its last slot, until BLANK (or the cap)."""
+        blank = self.recognizer.tokenizer.blank
         words: list[Word] = []
         emitted = 0
         while True:
-            token = int(logits[0, -1].argmax())
+            token = int(logits.reshape(-1).argmax())
             if token == blank or emitted >= self._opts.max_tokens_per_chunk:
-                break
+                return words
             emitted += 1
             self.stats.pieces += 1
             if self._on_piece is not None:
                 self._on_piece(token, c - self._lead)
             words.extend(self.emission.piece(token, c))
             logits = self.decoder.piece(token)
-        words.extend(self.emission.end_of_chunk(c))
-        self.chunks_done += 1
-        self.stats.chunks += 1
-        self.stats.chunk_decode_s.add(time.perf_counter() - t0)
-        return words
 
 
 class Recognizer:

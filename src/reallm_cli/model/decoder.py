@@ -290,11 +290,25 @@ class LlamaDecoder(nn.Module):
         cache.k[layer, :, :, slots] = k[:, :, -n:]
         cache.v[layer, :, :, slots] = v[:, :, -n:]
 
+    def fits_in_order(self, cache: KVCache, t: int) -> bool:
+        """Whether ``t`` more positions land in the ring's free slots, in order (none overwritten): then the
+        last of them can be taken back with ``rewind``."""
+        return cache.start % self.cfg.window + cache.pos - cache.start + t <= self.cfg.window
+
+    def rewind(self, cache: KVCache, n: int) -> None:
+        """Forget the last ``n`` positions fed, as if they never were; only for positions that overwrote
+        nothing (``fits_in_order`` held when they were fed)."""
+        if not 0 <= n <= cache.pos - cache.start or not self.fits_in_order(cache, 0):
+            raise ValueError(f"cannot rewind {n} positions of a cache at {cache.pos - cache.start}")
+        cache.pos -= n
+        cache.slot_pos[(cache.pos + torch.arange(n)) % self.cfg.window] = -1
+
     @torch.no_grad()
-    def step(self, x: torch.Tensor, cache: KVCache, last_only: bool = False) -> torch.Tensor:
+    def step(self, x: torch.Tensor, cache: KVCache, last_only: bool = False,
+             at: torch.Tensor | None = None) -> torch.Tensor:
         """Feed (B, t, D) new embeddings; return their logits (B, t, V), or with ``last_only`` the last
-        position's (B, 1, V) (greedy decoding reads no other, and the head is the largest layer).
-        Updates ``cache`` in place."""
+        position's (B, 1, V) (greedy decoding reads no other, and the head is the largest layer), or with
+        ``at`` (n,) the logits of those of the t positions (B, n, V). Updates ``cache`` in place."""
         if x.dim() != 3 or x.shape[-1] != self.cfg.d_model:
             raise ValueError(f"decoder input must be (B, t, {self.cfg.d_model}), got {tuple(x.shape)}")
         if x.shape[0] != cache.batch_size:
@@ -317,7 +331,7 @@ class LlamaDecoder(nn.Module):
             mask = (key_pos[None, :] >= 0) & (offset >= 0) & (offset < w)
         # slot_pos is read for the mask above before the layers overwrite slots, then updated once.
         hidden = self._run(x, positions, mask, cache, span)
-        logits = self.output(hidden[:, -1:] if last_only else hidden)
+        logits = self.output(hidden[:, -1:] if last_only else hidden if at is None else hidden[:, at])
         n = min(t, self.cfg.window)
         cache.slot_pos[positions[-n:] % self.cfg.window] = positions[-n:]
         cache.pos += t

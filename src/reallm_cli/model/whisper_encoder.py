@@ -269,27 +269,71 @@ class WhisperStreamingEncoder(nn.Module):
         complete = final or w.n_fed == cfg.window_frames  # no more frames come: finish with what is there
         todo = torch.cat([w.todo, x], dim=1)
         g0 = w.start_frame + w.layers[0].n_keys  # the first frame this call finishes
-        outs = []
-        while todo.shape[1] >= hop + rc or (complete and todo.shape[1]):
-            n = min(hop, todo.shape[1])
-            h_in = todo[:, :n + rc]  # (B, n + rc, D): the hop and its right context
-            for layer, (c, block) in enumerate(zip(w.layers, self.blocks)):
-                h = block.attn_ln(h_in)
-                k, v = block.attn.keys_values(h)
-                end = c.n_keys + k.shape[2]
-                c.k[:, :, c.n_keys:end] = k
-                c.v[:, :, c.n_keys:end] = v
-                if layer == cfg.n_layers - 1:  # the top layer's right-context outputs are never used
-                    h_in, h = h_in[:, :n], h[:, :n]
-                h_in = block.finish(h_in, h, c.k[:, :, :end], c.v[:, :, :end], None)
-                c.n_keys += n  # the right context's keys are overwritten at the next step
-            outs.append(h_in)
-            todo = todo[:, n:]
-        w.todo = todo
-        if not outs:
+        spans = hop_spans(todo.shape[1], hop, rc, complete)
+        w.todo = todo[:, sum(n for _, n, _ in spans):]
+        if not spans:
             return g0, x[:, :0]
-        y = torch.cat(outs, dim=1)
+        y = self._finish_hops(w, todo, spans)
         lo, hi = max(w.emit_start, g0), min(w.emit_end, g0 + y.shape[1])
         if hi <= lo:
             return lo, y[:, :0]
         return lo, self.ln_post(y[:, lo - g0:hi - g0])
+
+    def _finish_hops(self, w: WindowState, todo: torch.Tensor, spans: list[tuple[int, int, int]]) -> torch.Tensor:
+        """Finish the hops ``spans`` ((start, length, right context) in ``todo``, back to back from 0) in one
+        pass through the layers; returns their outputs (B, sum of lengths, D) before the final norm.
+
+        This is the same computation as finishing them one step at a time (the live schedule), laid out
+        Emformer-style: the hops' frames once, then a copy of each hop's right context. A hop's frames and
+        its right context's copy see the cached keys, the hops up to its own and its own right context,
+        never a later hop's (``hops_mask``). A file's blocks finish many hops at once, so the matrix products
+        take many rows per call; a live stream's 240 ms blocks finish one hop at a time, with no mask."""
+        n_center = sum(n for _, n, _ in spans)
+        x = torch.cat([todo[:, :n_center]] + [todo[:, a + n:a + n + r] for a, n, r in spans if r], dim=1)
+        n_keys = w.layers[0].n_keys
+        mask = hops_mask(spans, n_keys, x.device)  # None for one hop: it sees every key
+        top = len(self.blocks) - 1
+        for layer, (c, block) in enumerate(zip(w.layers, self.blocks)):
+            h = block.attn_ln(x)
+            k, v = block.attn.keys_values(h)
+            end, n_all = n_keys + n_center, n_keys + x.shape[1]
+            if n_all <= c.k.shape[2]:  # in place: the right contexts' keys are overwritten by later hops'
+                c.k[:, :, n_keys:n_all], c.v[:, :, n_keys:n_all] = k, v
+                keys, values = c.k[:, :, :n_all], c.v[:, :, :n_all]
+            else:  # the copies of many right contexts do not fit behind the window's frames
+                c.k[:, :, n_keys:end], c.v[:, :, n_keys:end] = k[:, :, :n_center], v[:, :, :n_center]
+                keys = torch.cat([c.k[:, :, :end], k[:, :, n_center:]], dim=2)
+                values = torch.cat([c.v[:, :, :end], v[:, :, n_center:]], dim=2)
+            if layer == top:  # the top layer's right-context outputs are never used
+                x, h = x[:, :n_center], h[:, :n_center]
+                mask = None if mask is None else mask[:n_center]
+            x = block.finish(x, h, keys, values, mask)
+            c.n_keys = end
+        return x
+
+
+def hop_spans(n_frames: int, hop: int, rc: int, complete: bool) -> list[tuple[int, int, int]]:
+    """The hops that ``n_frames`` waiting frames let a window finish: (start, length, right context) each.
+    A hop is finished once its right context is in; when no more frames come (``complete``), every frame
+    left is finished, the last hops with what right context there is and the very last perhaps short."""
+    spans, a = [], 0
+    while n_frames - a >= hop + rc or (complete and n_frames > a):
+        n = min(hop, n_frames - a)
+        spans.append((a, n, min(rc, n_frames - a - n)))
+        a += n
+    return spans
+
+
+def hops_mask(spans: list[tuple[int, int, int]], n_keys: int, device: torch.device) -> torch.Tensor | None:
+    """(queries, keys) bool, True = may attend, for ``_finish_hops``' layout: queries are the hops' frames
+    then each hop's right context; keys are the ``n_keys`` cached frames, the hops' frames, then each hop's
+    right context. None when there is one hop (it sees them all)."""
+    if len(spans) == 1:
+        return None
+    hop_of_center = torch.cat([torch.full((n,), j) for j, (_, n, _) in enumerate(spans)])
+    hop_of_rc = torch.cat([torch.full((r,), j) for j, (_, _, r) in enumerate(spans)])
+    q_hop = torch.cat([hop_of_center, hop_of_rc])  # (Q,) the hop each query belongs to
+    sees_center = hop_of_center[None, :] <= q_hop[:, None]  # a hop's frames and all earlier hops'
+    sees_rc = hop_of_rc[None, :] == q_hop[:, None]  # its own right context only
+    cached = torch.ones(q_hop.shape[0], n_keys, dtype=torch.bool)
+    return torch.cat([cached, sees_center, sees_rc], dim=1).to(device)
