@@ -169,7 +169,8 @@ def test_file_mode_gives_the_very_words_of_live_streaming_on_real_speech(shared_
     """A file's 8 s blocks let the encoder finish many hops in one masked pass and the decoder read many chunks
     in one pass; a microphone's 240 ms blocks finish one hop at a time. The words and their times must not
     differ. Audio: jfk and the five LibriVox utterances of dev-real joined, long enough to cross window and
-    decoder-context restarts."""
+    decoder-context restarts. (Not int8: its one activation scale per call turns the conv stem's last-bit
+    differences between block sizes into other words now and then, batched or not.)"""
     import numpy as np
     import soundfile as sf
 
@@ -196,7 +197,7 @@ def test_file_mode_gives_the_very_words_of_live_streaming_on_real_speech(shared_
     segments = []
     stream_file(rec, str(path), segments.append)
     file_words = [w for s in segments for w in s.words]
-    assert max(hops) >= 10 and max(chunks) >= 8, "the file did not take the batched paths"
+    assert max(hops) >= 4 and max(chunks) >= 8, "the file did not take the batched paths"
     hops.clear()
     session, live_words = rec.session(), []
     for i in range(0, len(audio), 3840):

@@ -271,6 +271,11 @@ def test_many_hops_in_one_pass_equal_one_hop_at_a_time(rc_chunks, hop_chunks, mo
         return torch.cat([batched(self, w, todo[:, a:], [(0, n, r)]) for a, n, r in spans], dim=1)
 
     monkeypatch.setattr(WhisperStreamingEncoder, "_finish_hops", counted)
+    assert model.hops_per_pass == 4
+    stream(model, mel, sizes=[901])
+    assert max(passes) == 4
+    passes.clear()
+    model.hops_per_pass = 1000
     in_one_block = stream(model, mel, sizes=[901])
     assert max(passes) >= 5  # many hops in one pass did happen
     monkeypatch.setattr(WhisperStreamingEncoder, "_finish_hops", one_at_a_time)
