@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from reallm_cli.errors import ConfigError, ModelError
 from reallm_cli.model.file_metadata import safetensors_metadata
+from reallm_cli.model.no_init import no_random_init
 from reallm_cli.model.encoder import EncoderConfig, build_encoder
 from reallm_cli.model.reallm import ReaLLM, ReaLLMConfig
 from reallm_cli.model.whisper_config import WhisperEncoderConfig
@@ -109,7 +110,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32,
         tokenizer = tokenizer_from_bytes(base64.b64decode(meta["tokenizer"]))
     except (KeyError, ValueError, TypeError) as exc:
         raise ModelError(f"corrupt reallm model file {path}: {exc}") from exc
-    model = build_model(config)
+    with no_random_init():  # every weight comes from the file
+        model = build_model(config)
     try:
         verify_model_file(path)  # before any weight is read; a mismatch is one line and nothing loads
         state = load_file(str(path))
