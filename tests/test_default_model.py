@@ -167,7 +167,8 @@ def test_silence_and_noise_give_no_words(kind):
 
 def test_file_mode_gives_the_very_words_of_live_streaming_on_real_speech(shared_data, tmp_path, monkeypatch):
     """A file's 8 s blocks let the encoder finish many hops in one masked pass and the decoder read many chunks
-    in one pass; a microphone's 240 ms blocks finish one hop at a time. The words and their times must not
+    in one pass, the encoder a block ahead in a second thread; a microphone's 240 ms blocks finish one hop
+    at a time. The words and their times must not
     differ. Audio: jfk and the five LibriVox utterances of dev-real joined, long enough to cross window and
     decoder-context restarts. (Not int8: its one activation scale per call turns the conv stem's last-bit
     differences between block sizes into other words now and then, batched or not.)"""
@@ -177,7 +178,7 @@ def test_file_mode_gives_the_very_words_of_live_streaming_on_real_speech(shared_
     from reallm_cli.audio.source import load_audio
     from reallm_cli.engine import DecoderContext, Recognizer
     from reallm_cli.model.whisper_encoder import WhisperStreamingEncoder
-    from reallm_cli.transcribe import stream_file
+    from reallm_cli.transcribe import TranscribeOptions, stream_file
 
     rows = [json.loads(x) for x in (shared_data / "dev-real" / "manifest.jsonl").read_text().splitlines() if x.strip()]
     parts = [load_audio(shared_data / "dev-real" / r["audio"]) for r in rows if not r["id"].startswith("fsdd")]
@@ -195,7 +196,7 @@ def test_file_mode_gives_the_very_words_of_live_streaming_on_real_speech(shared_
     monkeypatch.setattr(DecoderContext, "chunks_ahead",
                         lambda self, slots: (lambda r: chunks.append(r[0].shape[0]) or r)(chunks_ahead(self, slots)))
     segments = []
-    stream_file(rec, str(path), segments.append)
+    stream_file(rec, str(path), segments.append, TranscribeOptions(pipeline=True))  # as `reallm transcribe`
     file_words = [w for s in segments for w in s.words]
     assert max(hops) >= 4 and max(chunks) >= 8, "the file did not take the batched paths"
     hops.clear()

@@ -243,6 +243,15 @@ class Emission:
         return Word(text=text, start_s=start_s, end_s=end_s, emit_s=emit_s)
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """One block of audio through the encoder (``Session.encode``), waiting for the decoder."""
+
+    frames: torch.Tensor  # the encoder frames the block finished
+    samples: int  # the block's length
+    compute_s: float  # time spent encoding it
+
+
 class Session:
     """One stream. ``push`` audio (float32 mono 16 kHz, any block size); ``flush`` at the end.
 
@@ -289,14 +298,28 @@ class Session:
 
     def push(self, audio: np.ndarray) -> Event:
         """Feed one block of audio; returns the words that became final and the text in progress."""
+        return self.decode(self.encode(audio))
+
+    def encode(self, audio: np.ndarray) -> "Encoded":
+        """The first half of ``push``: one block through the front end and the encoder. It touches only the
+        encoder's state, so it may run in another thread than ``decode``, one block ahead (``pipeline``);
+        blocks must reach ``decode`` in the order they were encoded."""
         if self._closed:
             raise RuntimeError("session already flushed")
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         t0 = time.perf_counter()
-        self._samples_in += audio.shape[0]
         with torch.inference_mode():
-            final = self._consume(self.encoder.push(audio), last=False)
-        self.stats.compute_s += time.perf_counter() - t0
+            frames = self.encoder.push(audio)
+        return Encoded(frames, audio.shape[0], time.perf_counter() - t0)
+
+    def decode(self, encoded: "Encoded") -> Event:
+        """The second half of ``push``: the encoded block's chunks through the decoder; returns the words
+        that became final and the text in progress."""
+        t0 = time.perf_counter()
+        self._samples_in += encoded.samples
+        with torch.inference_mode():
+            final = self._consume(encoded.frames, last=False)
+        self.stats.compute_s += time.perf_counter() - t0 + encoded.compute_s
         self.stats.words += len(final)
         return Event(final=tuple(final), partial=self.partial_text, audio_s=self.audio_s)
 

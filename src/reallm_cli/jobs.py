@@ -51,7 +51,7 @@ def worker_main(worker: int, config: WorkerConfig, tasks, results) -> None:
         results.put(("fatal", worker, f"a worker could not load the model: {type(exc).__name__}: {exc}"))
         return
     results.put(("ready", worker))
-    options = TranscribeOptions(block_s=config.block_s)
+    options = TranscribeOptions(block_s=config.block_s, pipeline=torch.get_num_threads() >= 2)
     while True:
         task = tasks.get()
         if task is None:

@@ -7,10 +7,12 @@ the encoder run many chunks in one masked pass, which gives the same result as l
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 
 from reallm_cli.audio.source import AudioError, open_audio
 from reallm_cli.engine import Recognizer
+from reallm_cli.pipeline import pipelined_events
 from reallm_cli.results import Segment, Transcript
 from reallm_cli.segmenter import Segmenter
 from reallm_cli.timebase import SAMPLE_RATE
@@ -19,6 +21,9 @@ from reallm_cli.timebase import SAMPLE_RATE
 @dataclass(frozen=True)
 class TranscribeOptions:
     block_s: float = 8.0  # audio pushed per call; larger is faster, any size gives the same words
+    # read and encode the next block in a second thread while the decoder reads this one (``pipeline``);
+    # torch's threads are split between the two: for two threads or more
+    pipeline: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,12 +66,14 @@ def stream_file(
     block = max(1, int(options.block_s * SAMPLE_RATE))
     try:
         try:
-            for audio in source.iter_blocks(block):
-                event = session.push(audio)
-                if event.final:
-                    emit(segmenter.push(event.final))
-                if on_progress:
-                    on_progress(session.audio_s, source.duration_s)
+            blocks = source.iter_blocks(block)
+            events = pipelined_events(session, blocks) if options.pipeline else (session.push(b) for b in blocks)
+            with closing(events):  # an interrupt stops the pipeline's second thread too
+                for event in events:
+                    if event.final:
+                        emit(segmenter.push(event.final))
+                    if on_progress:
+                        on_progress(session.audio_s, source.duration_s)
         except AudioError as exc:
             damage = str(exc)
         emit(segmenter.push(session.flush().final))

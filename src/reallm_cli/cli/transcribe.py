@@ -89,9 +89,13 @@ def _run(recognizer, jobs, fmt_name: str, many: bool, block_s: float, quiet: boo
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    import torch
+
     from reallm_cli.transcribe import TranscribeOptions, stream_file
     from reallm_cli.writers import StdoutDocuments
 
+    # two threads or more: the encoder of the next block runs beside the decoder of this one
+    options = TranscribeOptions(block_s=block_s, pipeline=torch.get_num_threads() >= 2)
     err = Console(stderr=True)
     docs = StdoutDocuments(sys.stdout, fmt_name, many)
     failures = 0
@@ -118,7 +122,7 @@ def _run(recognizer, jobs, fmt_name: str, many: bool, block_s: float, quiet: boo
                                     done=f"{_clock(done_s)}/{_clock(total_s)}", speed=f"{speed:.1f}x")
 
                 try:
-                    result = stream_file(recognizer, path, sink.segment, TranscribeOptions(block_s=block_s), on_progress)
+                    result = stream_file(recognizer, path, sink.segment, options, on_progress)
                 except ReallmError as exc:
                     failures += 1
                     sink.abandon()
