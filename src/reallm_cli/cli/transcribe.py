@@ -33,7 +33,8 @@ def transcribe_command(
 
     Each segment is written (and flushed) to stdout or to --output-dir as soon as it is final; with
     several inputs every one is marked (a header line, or a "file" field). Progress, warnings and
-    errors go to stderr. With --jobs N, N worker processes take the inputs in turn; stdout still
+    errors go to stderr. With two threads or more, one thread encodes the next block while another
+    decodes this one (the same words as one thread). With --jobs N, N worker processes take the inputs in turn; stdout still
     holds the inputs in the order given (a later input's segments wait until the earlier ones are
     written), each --output-dir file is written as its segments arrive. Exit status: 0 all done, 1 a file failed or was damaged (its transcript up
     to the damage is kept), 2 a usage error, 130 interrupted (what was written is kept).
