@@ -132,7 +132,7 @@ class DecoderContext:
         chunks fed (a chunk decides there) and whether the context restarted.
 
         Each chunk's logits are what feeding the chunks one at a time would give as long as the chunks
-        before it write nothing: ``keep`` then forgets the chunks after the first that writes a piece."""
+        before it write nothing: ``forget`` then drops the chunks after the first that writes a piece."""
         restart = len(self.chunks) >= self._opts.context_chunks
         if restart:
             self._restart()

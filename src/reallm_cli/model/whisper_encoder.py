@@ -9,7 +9,9 @@ every 20 ms. What we change is only *what each frame may attend to* (``WhisperEn
   values kept from earlier hops. The hop's keys and values are kept; the right context's are thrown away
   and recomputed at the next step, from inputs that have then seen further ahead themselves. Every layer
   sees the same span ahead, for (hop + right context) / hop times the compute; a pretrained encoder needs
-  no adaptation to it (the default model). Right context 0 with a hop of one chunk is chunk-causal.
+  no adaptation to it (the default model). Right context 0 with a hop of one chunk is chunk-causal. A block
+  that brings several hops (a file's) has them finished ``hops_per_pass`` at a time in one masked pass, the
+  same arithmetic with more rows per product (``_finish_hops``).
 - **Conv stem.** The convolutions are kept as trained; conv2's output frame j reads mel frames 2j-2 .. 2j+2,
   so a chunk also needs the first mel frame (10 ms) of the next one (``stem_lookahead_ms``), on top of
   ``wait_ms``. The stream
@@ -276,9 +278,12 @@ class WhisperStreamingEncoder(nn.Module):
         w.todo = todo[:, sum(n for _, n, _ in spans):]
         if not spans:
             return g0, x[:, :0]
-        g = self.hops_per_pass
-        y = torch.cat([self._finish_hops(w, todo[:, spans[i][0]:], [(a - spans[i][0], n, r) for a, n, r in spans[i:i + g]])
-                       for i in range(0, len(spans), g)], dim=1)
+        outs = []
+        for i in range(0, len(spans), self.hops_per_pass):
+            group = spans[i:i + self.hops_per_pass]
+            a0 = group[0][0]
+            outs.append(self._finish_hops(w, todo[:, a0:], [(a - a0, n, r) for a, n, r in group]))
+        y = torch.cat(outs, dim=1)
         lo, hi = max(w.emit_start, g0), min(w.emit_end, g0 + y.shape[1])
         if hi <= lo:
             return lo, y[:, :0]
