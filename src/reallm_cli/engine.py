@@ -300,7 +300,7 @@ class Session:
         """Feed one block of audio; returns the words that became final and the text in progress."""
         return self.decode(self.encode(audio))
 
-    def encode(self, audio: np.ndarray) -> "Encoded":
+    def encode(self, audio: np.ndarray) -> Encoded:
         """The first half of ``push``: one block through the front end and the encoder. It touches only the
         encoder's state, so it may run in another thread than ``decode``, one block ahead (``pipeline``);
         blocks must reach ``decode`` in the order they were encoded."""
@@ -312,7 +312,7 @@ class Session:
             frames = self.encoder.push(audio)
         return Encoded(frames, audio.shape[0], time.perf_counter() - t0)
 
-    def decode(self, encoded: "Encoded") -> Event:
+    def decode(self, encoded: Encoded) -> Event:
         """The second half of ``push``: the encoded block's chunks through the decoder; returns the words
         that became final and the text in progress."""
         t0 = time.perf_counter()

@@ -39,7 +39,7 @@ def worker_main(worker: int, config: WorkerConfig, tasks, results) -> None:
 
     from reallm_cli.engine import Recognizer
     from reallm_cli.errors import ReallmError
-    from reallm_cli.transcribe import TranscribeOptions, stream_file
+    from reallm_cli.transcribe import file_options, stream_file
 
     torch.set_num_threads(config.threads)
     try:
@@ -51,7 +51,7 @@ def worker_main(worker: int, config: WorkerConfig, tasks, results) -> None:
         results.put(("fatal", worker, f"a worker could not load the model: {type(exc).__name__}: {exc}"))
         return
     results.put(("ready", worker))
-    options = TranscribeOptions(block_s=config.block_s, pipeline=torch.get_num_threads() >= 2)
+    options = file_options(config.block_s)
     while True:
         task = tasks.get()
         if task is None:

@@ -26,6 +26,14 @@ class TranscribeOptions:
     pipeline: bool = False
 
 
+def file_options(block_s: float = TranscribeOptions.block_s) -> TranscribeOptions:
+    """Options for ``reallm transcribe`` (one process or a ``--jobs`` worker): with two torch threads or more
+    the file is pipelined, the encoder of the next block beside the decoder of this one."""
+    import torch
+
+    return TranscribeOptions(block_s=block_s, pipeline=torch.get_num_threads() >= 2)
+
+
 @dataclass(frozen=True)
 class FileResult:
     """What streaming one file produced, besides the segments handed out as they closed."""

@@ -90,13 +90,10 @@ def _run(recognizer, jobs, fmt_name: str, many: bool, block_s: float, quiet: boo
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    import torch
-
-    from reallm_cli.transcribe import TranscribeOptions, stream_file
+    from reallm_cli.transcribe import file_options, stream_file
     from reallm_cli.writers import StdoutDocuments
 
-    # two threads or more: the encoder of the next block runs beside the decoder of this one
-    options = TranscribeOptions(block_s=block_s, pipeline=torch.get_num_threads() >= 2)
+    options = file_options(block_s)
     err = Console(stderr=True)
     docs = StdoutDocuments(sys.stdout, fmt_name, many)
     failures = 0

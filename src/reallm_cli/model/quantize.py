@@ -165,12 +165,20 @@ def _swap_linears_as_is(module: nn.Module, qconfig_name: str) -> nn.Module:
     return tq.quantize_dynamic(module, {nn.Linear: getattr(tq, qconfig_name)}, inplace=True)
 
 
+def _dynamic_qconfig(precision: str) -> str:
+    """The ``torch.ao.quantization`` qconfig for int8 or fp16 weights; refuses a build that cannot run it."""
+    if precision == "int8":
+        if not int8_supported():
+            raise PrecisionError("this PyTorch build has no int8 engine (fbgemm or qnnpack)")
+        return "per_channel_dynamic_qconfig"  # one scale per output row: a whole-matrix one loses small rows
+    if not fp16_supported():
+        raise PrecisionError("this PyTorch build has no FBGEMM for fp16 weights (x86 builds have it)")
+    return "float16_dynamic_qconfig"
+
+
 def quantize_linear_int8(module: nn.Module) -> nn.Module:
     """Replace every ``nn.Linear`` inside ``module`` by its dynamically quantized int8 twin (in place)."""
-    if not int8_supported():
-        raise PrecisionError("this PyTorch build has no int8 engine (fbgemm or qnnpack)")
-    # one scale per output row: a whole-matrix scale loses the small rows to rounding
-    return _swap_linears(module, "per_channel_dynamic_qconfig")
+    return _swap_linears(module, _dynamic_qconfig("int8"))
 
 
 def fp16_supported() -> bool:
@@ -179,9 +187,7 @@ def fp16_supported() -> bool:
 
 def convert_linear_fp16(module: nn.Module) -> nn.Module:
     """Replace every ``nn.Linear`` inside ``module`` by its float16-weight twin (FBGEMM), in place."""
-    if not fp16_supported():
-        raise PrecisionError("this PyTorch build has no FBGEMM for fp16 weights (x86 builds have it)")
-    return _swap_linears(module, "float16_dynamic_qconfig")
+    return _swap_linears(module, _dynamic_qconfig("fp16"))
 
 
 def _head_copy(weight: torch.Tensor) -> nn.Sequential:
@@ -274,12 +280,7 @@ def apply_precision(model: nn.Module, precision: str) -> nn.Module:
     if packing:
         pack_linears(model.projector, torch.float32)
     if precision in ("int8", "fp16"):
-        if precision == "int8" and not int8_supported():
-            raise PrecisionError("this PyTorch build has no int8 engine (fbgemm or qnnpack)")
-        if precision == "fp16" and not fp16_supported():
-            raise PrecisionError("this PyTorch build has no FBGEMM for fp16 weights (x86 builds have it)")
-        # one scale per output row for int8: a whole-matrix scale loses the small rows to rounding
-        qconfig = "per_channel_dynamic_qconfig" if precision == "int8" else "float16_dynamic_qconfig"
+        qconfig = _dynamic_qconfig(precision)
         head = _head_copy(dec.output.weight)
         # Packing the weights takes most of the load time; the three parts are packed side by side on the
         # cores this process may use, whatever --threads says for the stream (the packing releases Python's
