@@ -74,11 +74,12 @@ def draw_augmentation(rng: np.random.Generator, speed: float = 1.0) -> dict:
     return aug
 
 
-def copies(src: dict, out: Path) -> list[dict]:
-    """The augmented copies of one utterance, with every random choice already drawn."""
+def copies(src: dict, out: Path, round_: int = 0) -> list[dict]:
+    """The augmented copies of one utterance, with every random choice already drawn. Round 0 makes the
+    first data; every other round draws its own noise, rooms and right contexts (ids end in _rN)."""
     jobs = []
     for speed in SPEEDS:
-        uid = f"{src['id']}_sp{speed:.1f}"
+        uid = f"{src['id']}_sp{speed:.1f}" + (f"_r{round_}" if round_ else "")
         rng = np.random.default_rng(seed_of(uid))
         aug = draw_augmentation(rng, speed)
         jobs.append(dict(src, id=uid, audio=str(out / "audio" / f"{uid}.flac"), aug=aug,
@@ -126,8 +127,9 @@ def main() -> int:
     ap.add_argument("--shared", type=Path, default=SHARED_DATA)
     ap.add_argument("--labels", type=Path, default=LABELS)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--round", type=int, default=0, help="0: the first data; N: other draws of every copy")
     args = ap.parse_args()
-    jobs = [j for s in sources(args.shared, args.labels) for j in copies(s, args.out)]
+    jobs = [j for s in sources(args.shared, args.labels) for j in copies(s, args.out, args.round)]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with ProcessPoolExecutor(args.jobs) as pool:
         lines = list(pool.map(produce, jobs, chunksize=16))

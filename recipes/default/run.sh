@@ -43,6 +43,7 @@ TEACHER_STEPS=${TEACHER_STEPS:-1500} REALLM_LR=${REALLM_LR:-2e-4}
 REALLM_WARMUP=${REALLM_WARMUP:-60} DROPOUT=${DROPOUT:-0.2} THREADS=${THREADS:-2}
 MAX_FRAMES=${MAX_FRAMES:-6000} VOCAB=${VOCAB:-512} SYNTH_HOURS=${SYNTH_HOURS:-2.5}
 SYNTH_VOICES=${SYNTH_VOICES:-}  # empty: every voice of synthetic_data.py
+ROUND=${ROUND:-0}  # stage 2's draws: 0 made the 2026-12-06 data; another round draws other copies and texts
 LABELS=${LABELS:-$RECIPE/labels/unlabeled-real.jsonl}
 stamp() { echo "== $(date -u +%H:%M:%S) stage $*"; }
 run() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
@@ -76,9 +77,9 @@ if run 1; then
 fi
 if run 2; then
     stamp "2: data"
-    python "$RECIPE/real_data.py" --out "$WORK/data" --shared "$SHARED" --labels "$LABELS" --jobs "$THREADS"
+    python "$RECIPE/real_data.py" --out "$WORK/data" --shared "$SHARED" --labels "$LABELS" --jobs "$THREADS" --round "$ROUND"
     python "$RECIPE/synthetic_data.py" --out "$WORK/data" --hours "$SYNTH_HOURS" \
-        ${SYNTH_VOICES:+--voices "$SYNTH_VOICES"} --jobs "$THREADS"
+        ${SYNTH_VOICES:+--voices "$SYNTH_VOICES"} --jobs "$THREADS" --round "$ROUND"
 fi
 if run 3; then
     stamp "3: base ($BASE)"

@@ -43,9 +43,10 @@ VOICES = {
 SEED = 20261206
 
 
-def plan(out: Path, hours: float, voices: dict[str, float] = VOICES) -> list[dict]:
-    """Every utterance to make: (text, voice, rate, augmentation, right context), in a seeded order."""
-    rng = random.Random(SEED)
+def plan(out: Path, hours: float, voices: dict[str, float] = VOICES, round_: int = 0) -> list[dict]:
+    """Every utterance to make: (text, voice, rate, augmentation, right context), in a seeded order.
+    Round 0 makes the first data; every other round draws its own texts and copies (ids end in _rN)."""
+    rng = random.Random(SEED + round_)
     lj = list(split_lj(read_lj())[0])
     rng.shuffle(lj)
     pools = [("lj", lj, hours * 3600 * (1 - SHORT_SHARE)), ("short", short_texts(20000, rng), hours * 3600 * SHORT_SHARE)]
@@ -57,7 +58,7 @@ def plan(out: Path, hours: float, voices: dict[str, float] = VOICES) -> list[dic
             if total >= budget:
                 break
             total += estimate_s(raw)
-            uid = f"syn_{tid}"
+            uid = f"syn_{tid}" + (f"_r{round_}" if round_ else "")
             r = np.random.default_rng(seed_of(uid))
             voice = names[int(r.choice(len(names), p=np.array(shares) / sum(shares)))]
             jobs.append({"id": f"{uid}_{voice}", "raw_text": raw, "text": normalize_text(raw), "voice": voice,
@@ -96,6 +97,7 @@ def main() -> int:
     ap.add_argument("--hours", type=float, default=2.0, help="planned hours of synthetic speech")
     ap.add_argument("--voices", default=",".join(VOICES), help="comma-separated voices of synth.py (default: all)")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--round", type=int, default=0, help="0: the first data; N: other texts and draws")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     voices = {v: VOICES.get(v, 0.03) for v in args.voices.split(",") if v}
@@ -103,7 +105,7 @@ def main() -> int:
     if mute:
         sys.exit(f"synthetic_data.py: these voices cannot speak here: {', '.join(mute)} "
                  "(pip install -e '.[data]'; see synth.py), or choose others with --voices")
-    jobs = plan(args.out.resolve(), args.hours, voices)
+    jobs = plan(args.out.resolve(), args.hours, voices, args.round)
     with ProcessPoolExecutor(args.jobs) as pool:
         lines = [x for x in pool.map(produce, jobs, chunksize=8) if x is not None]
     tmp = args.out / "train_synthetic.jsonl.partial"

@@ -1,0 +1,58 @@
+"""recipes/default/real_data.py and synthetic_data.py: the draws of stage 2, and their rounds.
+
+Round 0 must keep making the data the committed lists name (labels/finetune-2026-12-06.tsv); another
+round must draw other copies (and, for the voices, other texts) under ids of its own, so that two rounds
+never share a file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+RECIPE = REPO / "recipes" / "default"
+SOURCE = {"id": "spk1_utt1", "src": "/nowhere.flac", "text": "a real sentence", "label_source": "true:test"}
+
+
+def committed_ids() -> set[str]:
+    lines = (RECIPE / "labels" / "finetune-2026-12-06.tsv").read_text().splitlines()
+    return {line.split("\t")[0] for line in lines if line and not line.startswith("#")}
+
+
+def test_round_zero_keeps_the_ids_and_draws_of_the_committed_lists():
+    from real_data import copies
+
+    jobs = copies(SOURCE, Path("/out"))
+    assert [j["id"] for j in jobs] == ["spk1_utt1_sp0.9", "spk1_utt1_sp1.0", "spk1_utt1_sp1.1"]
+    assert copies(SOURCE, Path("/out"), 0) == jobs
+    # real copies in the committed list are named as round 0 names them
+    assert any(i.endswith("_sp1.0") and not i.endswith("_r1") for i in committed_ids())
+
+
+def test_another_round_draws_other_copies_under_other_ids():
+    from real_data import copies
+
+    first, second = copies(SOURCE, Path("/out")), copies(SOURCE, Path("/out"), 1)
+    assert {j["id"] for j in first}.isdisjoint(j["id"] for j in second)
+    assert {j["audio"] for j in first}.isdisjoint(j["audio"] for j in second)
+    assert all(j["id"].endswith("_r1") for j in second)
+    draws = lambda jobs: [(j["aug"], j["right_context_ms"]) for j in jobs]  # noqa: E731
+    many = [dict(SOURCE, id=f"u{i}") for i in range(20)]
+    assert [d for s in many for d in draws(copies(s, Path("/out")))] != \
+        [d for s in many for d in draws(copies(s, Path("/out"), 1))]
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared" / "text" / "ljspeech-sentences.tsv").exists(),
+                    reason="../shared/text (the recipe's text corpus) is absent")
+def test_a_synthetic_round_speaks_other_texts_into_other_files():
+    from synthetic_data import plan
+
+    first, second = plan(Path("/out"), 0.2), plan(Path("/out"), 0.2, round_=1)
+    assert plan(Path("/out"), 0.2) == first  # seeded: the same plan again
+    assert {j["audio"] for j in first}.isdisjoint(j["audio"] for j in second)
+    texts = lambda jobs: {j["text"] for j in jobs}  # noqa: E731
+    assert len(texts(first) & texts(second)) < 0.2 * len(texts(first))
+    assert {j["id"] for j in first if j["id"].startswith("syn_LJ")} & committed_ids()
