@@ -1,9 +1,9 @@
 """Average the weights of model files of one run (same config and tokenizer) into one model file.
 
-The shipped default model is the mean of a 3500-step checkpoint and the same run continued to 5000
-steps on more text (see weights/README.md):
+The default model is the mean of its base and the fine-tunes of it (recipe stage 7; weights/README.md).
+A file named twice counts twice, which makes weighted means such as (2B + T) / 3:
 
-    python recipes/default/average.py --out weights/reallm-default.safetensors A.safetensors B.safetensors
+    python recipes/default/average.py --out model.safetensors base.safetensors tuned-a.safetensors tuned-b.safetensors
 """
 
 from __future__ import annotations
