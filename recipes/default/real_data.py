@@ -74,12 +74,17 @@ def draw_augmentation(rng: np.random.Generator, speed: float = 1.0) -> dict:
     return aug
 
 
+def round_suffix(round_: int) -> str:
+    """What a round adds to an id: nothing for round 0 (the first data), _rN for round N."""
+    return f"_r{round_}" if round_ else ""
+
+
 def copies(src: dict, out: Path, round_: int = 0) -> list[dict]:
     """The augmented copies of one utterance, with every random choice already drawn. Round 0 makes the
     first data; every other round draws its own noise, rooms and right contexts (ids end in _rN)."""
     jobs = []
     for speed in SPEEDS:
-        uid = f"{src['id']}_sp{speed:.1f}" + (f"_r{round_}" if round_ else "")
+        uid = f"{src['id']}_sp{speed:.1f}{round_suffix(round_)}"
         rng = np.random.default_rng(seed_of(uid))
         aug = draw_augmentation(rng, speed)
         jobs.append(dict(src, id=uid, audio=str(out / "audio" / f"{uid}.flac"), aug=aug,

@@ -30,7 +30,8 @@ import numpy as np
 
 import synth  # recipes/default/synth.py
 from make_data import SHORT_SHARE, estimate_s, read_lj, short_texts, split_lj, trim_silence, tts_input
-from real_data import RIGHT_CONTEXTS_MS, augment, draw_augmentation, manifest_line, seed_of, write_flac
+from real_data import (RIGHT_CONTEXTS_MS, augment, draw_augmentation, manifest_line, round_suffix, seed_of,
+                       write_flac)
 from reallm_cli.text import normalize_text
 
 # share of the synthetic audio per voice (neural voices most; the cheap ones add speakers and accents)
@@ -58,7 +59,7 @@ def plan(out: Path, hours: float, voices: dict[str, float] = VOICES, round_: int
             if total >= budget:
                 break
             total += estimate_s(raw)
-            uid = f"syn_{tid}" + (f"_r{round_}" if round_ else "")
+            uid = f"syn_{tid}{round_suffix(round_)}"
             r = np.random.default_rng(seed_of(uid))
             voice = names[int(r.choice(len(names), p=np.array(shares) / sum(shares)))]
             jobs.append({"id": f"{uid}_{voice}", "raw_text": raw, "text": normalize_text(raw), "voice": voice,
