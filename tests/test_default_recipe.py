@@ -90,6 +90,20 @@ def test_init_model_fine_tunes_the_shipped_model(tmp_path):
     emb = "decoder.tok_embeddings.weight"
     assert (sa[emb] - sb[emb]).abs().max() < 0.05
 
+    # --train-only: the named parts move, every other parameter stays the shipped model's, bit for bit
+    work2, out2 = tmp_path / "work2", tmp_path / "tuned2.safetensors"
+    cmd2 = [str(out2) if a == str(out) else str(work2) if a == str(work) else a for a in cmd]
+    assert str(work2) in cmd2 and str(out2) in cmd2
+    r = subprocess.run(cmd2 + ["--stages", "features,tokenizer,teacher,align,retokenize,reallm,"
+                                                 "export", "--train-only", "projector,decoder.layers.0"],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "the rest frozen" in r.stdout
+    s2 = load_model(out2)[0].state_dict()
+    trained = {k for k in s2 if k.startswith(("projector.", "decoder.layers.0."))}
+    assert any(not torch.equal(s2[k], sb[k]) for k in trained)
+    assert all(torch.equal(s2[k], sb[k]) for k in s2 if k not in trained)
+
 
 def test_a_new_decoder_on_the_encoder_of_a_trained_model(tmp_path):
     """--encoder MODEL_FILE: the model's encoder makes the features and goes into the new model as
@@ -151,7 +165,8 @@ def test_options_are_checked_before_any_work(tmp_path):
              str(tmp_path / "work")]
     for extra, message in ((["--stages", "features"], "give --encoder"),
                            (["--encoder", "x", "--stages", "features,lm"], "unknown stage lm"),
-                           (["--encoder", "x", "--mixed-right-context"], "--mixed-right-context needs --init-model")):
+                           (["--encoder", "x", "--mixed-right-context"], "--mixed-right-context needs --init-model"),
+                           (["--encoder", "x", "--train-only", "encoder.blocks"], "only projector and decoder")):
         r = subprocess.run(train + extra, capture_output=True, text=True, timeout=300)
         assert r.returncode == 2 and message in r.stderr
     assert not (tmp_path / "work").exists()

@@ -90,8 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "to the tokens the text corpus uses; cross-attention dropped, RoPE for positions)")
     ap.add_argument("--reallm-lr", type=float, default=1e-3)
     ap.add_argument("--reallm-warmup", type=int, default=500, help="ReaLLM steps of linear lr warm-up")
-    ap.add_argument("--emit-delay-chunks", type=int, default=0,
-                    help="write each token this many chunks late: more context, more latency (the model's config records it)")
+    ap.add_argument("--emit-delay-chunks", type=int, default=None,
+                    help="write each token this many chunks late: more context, more latency (the model's config "
+                         "records it; default 0, or --init-model's own)")
     ap.add_argument("--slots-per-chunk", type=int, default=1,
                     help="speech embeddings per chunk, each from an equal slice of its frames (the paper: 1)")
     ap.add_argument("--reallm-seed", type=int, default=0,
@@ -102,6 +103,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--init-model", type=Path, default=None,
                     help="fine-tune this reallm model file: its encoder makes the features (--encoder is not read), "
                          "its tokenizer, config and projector + decoder weights start the reallm stage")
+    ap.add_argument("--train-only", default="",
+                    help="comma-separated name prefixes of the projector and decoder parameters to train, the rest "
+                         "frozen (e.g. 'projector,decoder.layers.0': adapt to the speech, keep the upper layers' "
+                         "language); empty: all of them")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bf16", action="store_true",
                     help="bf16 autocast in the features, teacher and ReaLLM stages (encoder 2.7x and ReaLLM steps 1.7x "
@@ -113,6 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--mixed-right-context needs --init-model (a right-context model whose encoder to vary)")
     if unknown := set(args.stages.split(",")) - set(STAGES):
         ap.error(f"unknown stage {', '.join(sorted(unknown))} (stages: {', '.join(STAGES)})")
+    if bad := [p for p in args.train_only.split(",") if p and not p.startswith(("projector", "decoder"))]:
+        ap.error(f"--train-only {','.join(bad)}: only projector and decoder parameters train (the encoder is frozen)")
     args.out = args.out or args.work / "model.safetensors"
     return args
 
@@ -344,7 +351,9 @@ def build_reallm(run: Run, dec_tok: Tokenizer) -> ReaLLM:
     args, encoder = run.args, run.encoder
     if run.init_model is not None:
         old = run.init_model.config
-        config = replace(old, decoder=replace(old.decoder, dropout=args.dropout), encoder=encoder.config)
+        delay = old.emit_delay_chunks if args.emit_delay_chunks is None else args.emit_delay_chunks
+        config = replace(old, decoder=replace(old.decoder, dropout=args.dropout), encoder=encoder.config,
+                         emit_delay_chunks=delay)
         model = ReaLLM(config, encoder)
         res = model.load_state_dict({k: v for k, v in run.init_model.state_dict().items()
                                      if not k.startswith("encoder.")}, strict=False)
@@ -359,7 +368,7 @@ def build_reallm(run: Run, dec_tok: Tokenizer) -> ReaLLM:
         dec_cfg, init_state = import_whisper_decoder(find_installed_whisper("tiny.en"), dec_tok.keep_ids,
                                                      blank_from=50256, window=512, dropout=args.dropout)
     config = ReaLLMConfig(encoder=encoder.config, decoder=dec_cfg,
-                          lead_in_ms=args.lead_in_ms, emit_delay_chunks=args.emit_delay_chunks,
+                          lead_in_ms=args.lead_in_ms, emit_delay_chunks=args.emit_delay_chunks or 0,
                           slots_per_chunk=args.slots_per_chunk, projector_hidden=args.projector_hidden)
     model = ReaLLM(config, encoder)
     if init_state is not None and not (run.work / "reallm.pt").exists():
@@ -383,12 +392,30 @@ def trainable(model: ReaLLM) -> torch.nn.ModuleDict:
     return torch.nn.ModuleDict({"projector": model.projector, "decoder": model.decoder})
 
 
+def freeze_all_but(parts: torch.nn.Module, prefixes: str) -> None:
+    """Freeze every parameter of ``parts`` whose name starts with none of the comma-separated ``prefixes``
+    (empty: train them all); refuse prefixes that name nothing."""
+    wanted = [p for p in prefixes.split(",") if p]
+    if not wanted:
+        return
+    names = [n for n, _ in parts.named_parameters()]
+    if unknown := [p for p in wanted if not any(n.startswith(p) for n in names)]:
+        sys.exit(f"--train-only {','.join(unknown)}: no such parameters (e.g. projector, decoder.layers.0)")
+    kept = 0
+    for name, p in parts.named_parameters():
+        p.requires_grad_(any(name.startswith(w) for w in wanted))
+        kept += p.numel() if p.requires_grad else 0
+    log(f"training {kept / 1e6:.2f} M of {sum(p.numel() for p in parts.parameters()) / 1e6:.2f} M parameters "
+        f"({prefixes}); the rest frozen")
+
+
 def train_reallm(run: Run, store: FeatureStore, pieces: Pieces, model: ReaLLM, chunks: dict[int, list[int]]) -> None:
     """Projector and decoder (the encoder frozen) by cross-entropy on the interleaved sequences, with time
     masks and dropout on the cached frames."""
     args = run.args
     for p in model.encoder.parameters():
         p.requires_grad_(False)
+    freeze_all_but(trainable(model), args.train_only)
 
     def loss_fn(batch, gen):
         frames = time_mask(batch.frames, batch.frame_lengths, gen)
