@@ -118,7 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--mixed-right-context needs --init-model (a right-context model whose encoder to vary)")
     if unknown := set(args.stages.split(",")) - set(STAGES):
         ap.error(f"unknown stage {', '.join(sorted(unknown))} (stages: {', '.join(STAGES)})")
-    if bad := [p for p in args.train_only.split(",") if p and not p.startswith(("projector", "decoder"))]:
+    args.train_only = [p for p in args.train_only.split(",") if p]
+    if bad := [p for p in args.train_only if not p.startswith(("projector", "decoder"))]:
         ap.error(f"--train-only {','.join(bad)}: only projector and decoder parameters train (the encoder is frozen)")
     args.out = args.out or args.work / "model.safetensors"
     return args
@@ -392,21 +393,19 @@ def trainable(model: ReaLLM) -> torch.nn.ModuleDict:
     return torch.nn.ModuleDict({"projector": model.projector, "decoder": model.decoder})
 
 
-def freeze_all_but(parts: torch.nn.Module, prefixes: str) -> None:
-    """Freeze every parameter of ``parts`` whose name starts with none of the comma-separated ``prefixes``
-    (empty: train them all); refuse prefixes that name nothing."""
-    wanted = [p for p in prefixes.split(",") if p]
-    if not wanted:
+def freeze_all_but(parts: torch.nn.Module, prefixes: list[str]) -> None:
+    """Freeze every parameter of ``parts`` whose name starts with none of ``prefixes`` (none given: train them
+    all); refuse prefixes that name nothing."""
+    if not prefixes:
         return
-    names = [n for n, _ in parts.named_parameters()]
-    if unknown := [p for p in wanted if not any(n.startswith(p) for n in names)]:
+    params = dict(parts.named_parameters())
+    if unknown := [w for w in prefixes if not any(n.startswith(w) for n in params)]:
         sys.exit(f"--train-only {','.join(unknown)}: no such parameters (e.g. projector, decoder.layers.0)")
-    kept = 0
-    for name, p in parts.named_parameters():
-        p.requires_grad_(any(name.startswith(w) for w in wanted))
-        kept += p.numel() if p.requires_grad else 0
-    log(f"training {kept / 1e6:.2f} M of {sum(p.numel() for p in parts.parameters()) / 1e6:.2f} M parameters "
-        f"({prefixes}); the rest frozen")
+    for name, p in params.items():
+        p.requires_grad_(name.startswith(tuple(prefixes)))
+    kept = sum(p.numel() for p in params.values() if p.requires_grad)
+    log(f"training {kept / 1e6:.2f} M of {sum(p.numel() for p in params.values()) / 1e6:.2f} M parameters "
+        f"({','.join(prefixes)}); the rest frozen")
 
 
 def train_reallm(run: Run, store: FeatureStore, pieces: Pieces, model: ReaLLM, chunks: dict[int, list[int]]) -> None:
