@@ -1,5 +1,7 @@
 """The streaming engine: block sizes never change the result, and streaming equals an offline pass."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -189,6 +191,45 @@ def test_a_restarted_context_must_be_shorter_than_the_limit(recognizer):
     with pytest.raises(ValueError):
         Recognizer(recognizer.model, recognizer.tokenizer, DecodeOptions(lead_in_chunks=2, context_chunks=4,
                                                                           carry_chunks=2)).session()
+
+def passes_and_pieces(rec, audio, monkeypatch):
+    """Every decoder pass's chunk count and every piece, streaming ``audio`` in one block."""
+    from reallm_cli.engine import DecoderContext
+
+    passes, pieces, feed = [], [], DecoderContext.chunks_ahead
+
+    def recorded(self, slots):
+        logits, restarted = feed(self, slots)
+        passes.append(logits.shape[0])
+        return logits, restarted
+
+    monkeypatch.setattr(DecoderContext, "chunks_ahead", recorded)
+    s = rec.session(on_piece=lambda p, c: pieces.append((p, c)))
+    s.push(audio)
+    s.flush()
+    return passes, pieces
+
+
+def test_a_pass_reads_two_chunks_past_the_quiet_so_far(recognizer, monkeypatch):
+    """Chunks read past the first that writes are read again, so a pass reads two more chunks than have
+    passed since the last write: short in speech, growing to ``chunks_ahead`` where nothing is written,
+    and the pieces are those of one chunk at a time."""
+    audio = synthetic_audio(6.0, seed=5)
+    one_at_a_time = replace(recognizer.options, chunks_ahead=1)
+    _, expected = passes_and_pieces(Recognizer(recognizer.model, recognizer.tokenizer, one_at_a_time), audio,
+                                    monkeypatch)
+    passes, pieces = passes_and_pieces(recognizer, audio, monkeypatch)
+    assert expected and pieces == expected
+    wrote, quiet, c = {chunk for _, chunk in pieces}, 0, 0
+    for k in passes:
+        assert k <= 2 + quiet
+        n = next((i + 1 for i in range(k) if c + i in wrote), k)  # the chunks the pass decided
+        quiet, c = (0 if c + n - 1 in wrote else quiet + n), c + n
+    silent = replace(recognizer.options, max_tokens_per_chunk=0)  # nothing is ever written
+    passes, _ = passes_and_pieces(Recognizer(recognizer.model, recognizer.tokenizer, silent),
+                                  synthetic_audio(12.0, seed=5), monkeypatch)  # 50 chunks ready at once
+    assert passes[:3] == [2, 4, 8]  # then the tiny model's short ring cache caps them
+
 
 
 # -- the shipped mode: a Whisper-style encoder in right-context mode (720 ms ahead, hops of 480 ms) ----------

@@ -41,7 +41,10 @@ class DecodeOptions:
     context_chunks: int = 64  # the decoder's context restarts when it holds this many chunks (15.4 s at 240 ms)
     carry_chunks: int = 8  # chunks (with their pieces) carried into a restarted context
     max_word_pieces: int = 32  # a word this long is final (no real word has so many; bounds the word in progress)
-    chunks_ahead: int = 16  # ready chunks the decoder reads in one pass, up to the first that writes a piece
+    # Ready chunks the decoder reads in one pass, up to the first that writes a piece: at most this many, and
+    # two more than have passed since a chunk last wrote, since a pass past the first writer is wasted (in
+    # continuous speech every second chunk writes; in a pause the passes grow to this many chunks).
+    chunks_ahead: int = 16
 
     def __post_init__(self) -> None:
         if self.carry_chunks < 0 or self.lead_in_chunks + self.carry_chunks >= self.context_chunks:
@@ -272,6 +275,7 @@ class Session:
         self.emission = Emission(model, recognizer.tokenizer, self._opts, recognizer.word_timer)
         self.stats = SessionStats()
         self.chunks_done = 0  # the stream's clock: index of the next chunk to decode, lead-in included
+        self._quiet = 0  # chunks decoded since the last that wrote a piece
         self._samples_in = 0
         self._closed = False
         self._lead = self._opts.lead_in_chunks
@@ -367,12 +371,14 @@ class Session:
         decoder writes nothing, nothing but the chunks' slots follows each other)."""
         t0 = time.perf_counter()
         blank = self.recognizer.tokenizer.blank
-        logits, restarted = self.decoder.chunks_ahead(slots)
+        logits, restarted = self.decoder.chunks_ahead(slots[: 2 + self._quiet])
         self.stats.restarts += restarted
         writes = (logits.argmax(-1) != blank).nonzero()
         k = logits.shape[0]
-        n = int(writes[0]) + 1 if writes.numel() and self._opts.max_tokens_per_chunk > 0 else k
+        wrote = bool(writes.numel()) and self._opts.max_tokens_per_chunk > 0
+        n = int(writes[0]) + 1 if wrote else k
         self.decoder.forget(k - n)
+        self._quiet = 0 if wrote else self._quiet + n
         words: list[Word] = []
         for i in range(n):
             c = self.chunks_done
