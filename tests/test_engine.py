@@ -9,8 +9,10 @@ import torch
 from conftest import tiny_model, tiny_right_context_model
 from reallm_cli.audio.features import whisper_log_mel
 from reallm_cli.bench import synthetic_audio
-from reallm_cli.engine import DecodeOptions, Recognizer
+from reallm_cli.engine import DecodeOptions, DecoderContext, Recognizer
 from reallm_cli.model.presets import placeholder_tokenizer
+
+FEED_CHUNKS = DecoderContext.chunks_ahead  # the engine's own, for tests that record its passes
 
 
 @pytest.fixture(scope="module", params=[1, 3], ids=["1-slot", "3-slots"])
@@ -192,14 +194,13 @@ def test_a_restarted_context_must_be_shorter_than_the_limit(recognizer):
         Recognizer(recognizer.model, recognizer.tokenizer, DecodeOptions(lead_in_chunks=2, context_chunks=4,
                                                                           carry_chunks=2)).session()
 
+
 def passes_and_pieces(rec, audio, monkeypatch):
     """Every decoder pass's chunk count and every piece, streaming ``audio`` in one block."""
-    from reallm_cli.engine import DecoderContext
-
-    passes, pieces, feed = [], [], DecoderContext.chunks_ahead
+    passes, pieces = [], []
 
     def recorded(self, slots):
-        logits, restarted = feed(self, slots)
+        logits, restarted = FEED_CHUNKS(self, slots)
         passes.append(logits.shape[0])
         return logits, restarted
 
@@ -229,7 +230,6 @@ def test_a_pass_reads_two_chunks_past_the_quiet_so_far(recognizer, monkeypatch):
     passes, _ = passes_and_pieces(Recognizer(recognizer.model, recognizer.tokenizer, silent),
                                   synthetic_audio(12.0, seed=5), monkeypatch)  # 50 chunks ready at once
     assert passes[:3] == [2, 4, 8]  # then the tiny model's short ring cache caps them
-
 
 
 # -- the shipped mode: a Whisper-style encoder in right-context mode (720 ms ahead, hops of 480 ms) ----------
