@@ -41,10 +41,7 @@ class DecodeOptions:
     context_chunks: int = 64  # the decoder's context restarts when it holds this many chunks (15.4 s at 240 ms)
     carry_chunks: int = 8  # chunks (with their pieces) carried into a restarted context
     max_word_pieces: int = 32  # a word this long is final (no real word has so many; bounds the word in progress)
-    # Ready chunks the decoder reads in one pass, up to the first that writes a piece: at most this many, and
-    # two more than have passed since a chunk last wrote, since a pass past the first writer is wasted (in
-    # continuous speech every second chunk writes; in a pause the passes grow to this many chunks).
-    chunks_ahead: int = 16
+    chunks_ahead: int = 16  # ready chunks the decoder reads in one pass at most (``Session._decode_chunks``)
 
     def __post_init__(self) -> None:
         if self.carry_chunks < 0 or self.lead_in_chunks + self.carry_chunks >= self.context_chunks:
@@ -264,6 +261,8 @@ class Session:
     chunk)``, when given, is called for every piece emitted after the lead-in (chunk 0 is the stream's
     first; a lead-in chunk decoded late has a negative index): a caller that wants every piece keeps them."""
 
+    QUIET_AHEAD = 2  # chunks a decoder pass reads past those decoded since the last write
+
     def __init__(self, recognizer: "Recognizer", on_piece: Callable[[int, int], None] | None = None):
         self.recognizer = recognizer
         model = recognizer.model
@@ -368,10 +367,14 @@ class Session:
         """Decode the next of the chunks whose speech slots (n, S, D) are ready: all those before the first
         that writes a piece, in one pass of the decoder, then that one's pieces. Returns how many chunks
         were decoded and the words that became final. The same pieces as one chunk at a time (where the
-        decoder writes nothing, nothing but the chunks' slots follows each other)."""
+        decoder writes nothing, nothing but the chunks' slots follows each other).
+
+        The chunks fed after the first writer are fed again later, so a pass reads only ``QUIET_AHEAD``
+        chunks more than have passed since the last write (in continuous speech every second chunk
+        writes); in a pause the passes grow, up to ``chunks_ahead``."""
         t0 = time.perf_counter()
         blank = self.recognizer.tokenizer.blank
-        logits, restarted = self.decoder.chunks_ahead(slots[: 2 + self._quiet])
+        logits, restarted = self.decoder.chunks_ahead(slots[: self.QUIET_AHEAD + self._quiet])
         self.stats.restarts += restarted
         writes = (logits.argmax(-1) != blank).nonzero()
         k = logits.shape[0]
