@@ -60,9 +60,11 @@ def words_of(tok: Tokenizer, pieces: list[tuple[int, int]], emit_delay: int, rig
 
 def transcribe(m, encoder, audio: np.ndarray, args) -> list[tuple[int, int]]:
     tail = np.zeros(2 * CHUNK_SAMPLES, np.float32)  # as Session.flush: the emit delay's audio after the end
-    frames = encode_audio(encoder, np.concatenate([audio, tail]))
+    lead = np.zeros(args.lead_in_chunks * CHUNK_SAMPLES, np.float32)
+    frames = encode_audio(encoder, np.concatenate([lead, audio, tail]))
     frames = frames[None] if frames.dim() == 2 else frames
-    return stream_pieces(m, frames, args.emit_delay, args.blank_penalty, no_repeat=not args.allow_repeats)
+    pieces = stream_pieces(m, frames, args.emit_delay, args.blank_penalty, no_repeat=not args.allow_repeats)
+    return [(t, c - args.lead_in_chunks) for t, c in pieces]  # chunks of the audio itself
 
 
 def noise_cases() -> dict[str, np.ndarray]:
@@ -82,6 +84,7 @@ def main() -> int:
     ap.add_argument("--shared", type=Path, default=RECIPE.parent.parent.parent / "shared" / "data")
     ap.add_argument("--blank-penalty", type=float, default=0.0)
     ap.add_argument("--emit-delay", type=int, default=1)
+    ap.add_argument("--lead-in-chunks", type=int, default=2, help="silent chunks before the audio, as the engine's lead-in")
     ap.add_argument("--allow-repeats", action="store_true", help="let a piece follow itself within a chunk")
     ap.add_argument("--right-context-ms", type=int, default=720)
     ap.add_argument("--threads", type=int, default=1)
