@@ -5,7 +5,8 @@ The encoder is the shipped model's (original Whisper base, right context 720 ms,
 the same streaming schedule as the engine; words are shown when the chunk after their last piece (the
 emit delay) has been encoded: the end of its hop plus the right context and the front end's 12.5 ms, as
 ``engine.Emission`` computes it. Delays are against offline Whisper base's word times
-(recipes/default/ref_word_times), as compare.py's.
+(recipes/default/ref_word_times), as compare.py's. Each stream starts with two chunks of silence, as the
+engine's (``--lead-in-chunks``); without them isolated words that start at once (fsdd) came out empty.
 
     python recipes/default/whisper_decoder/evaluate.py --ct2 runs/whisper-base-ct2/model.bin \\
         --trained runs/wd/run/trained.safetensors --sets dev-commonvoice,dev-nonnative,dev-real,noise
