@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from whisper_stream import EOT, load_whisper_base, stream_pieces  # noqa: E402
 
 from reallm_cli.audio.source import load_audio  # noqa: E402
-from reallm_cli.engine import Recognizer  # noqa: E402
+from reallm_cli.engine import Recognizer, frontend_lookahead_ms  # noqa: E402
 from reallm_cli.evaluate import _matched_delays  # noqa: E402
 from reallm_cli.text import normalize_text  # noqa: E402
 from reallm_cli.train.feature_cache import encode_audio  # noqa: E402
@@ -41,8 +41,10 @@ RECIPE = Path(__file__).resolve().parent.parent
 CHUNK_SAMPLES = 3840
 
 
-def words_of(tok: Tokenizer, pieces: list[tuple[int, int]], emit_delay: int, right_context_s: float) -> list:
-    """Pieces -> words with the stream time each was whole on screen (a piece with a leading space begins one)."""
+def words_of(tok: Tokenizer, pieces: list[tuple[int, int]], emit_delay: int, encoder) -> list:
+    """Pieces -> words with the stream time each was whole on screen (a piece with a leading space begins one):
+    the encoder has finished the hop holding the chunk after the word's last piece, timed as the engine's
+    ``Emission`` times it (the encoder's wait and the front end's look-ahead)."""
     groups: list[list] = []
     for t, c in pieces:
         if t >= EOT:
@@ -52,9 +54,11 @@ def words_of(tok: Tokenizer, pieces: list[tuple[int, int]], emit_delay: int, rig
         else:
             groups[-1][0].append(t)
             groups[-1][1] = c
+    hop, chunk_s = encoder.hop_chunks, encoder.chunk_ms / 1000
+    wait_s = (encoder.wait_ms + frontend_lookahead_ms(encoder)) / 1000 - (hop - 1) * chunk_s
     out = []
     for ids, c in groups:
-        shown = math.ceil((c + emit_delay + 1) / 2) * 0.48 + right_context_s + 0.0125  # 480 ms hops
+        shown = math.ceil((c + emit_delay + 1) / hop) * hop * chunk_s + wait_s
         out += [SimpleNamespace(text=w, emit_s=shown) for w in normalize_text(tok.decode(ids)).split()]
     return out
 
@@ -105,7 +109,7 @@ def main() -> int:
         for e in read_manifest(args.shared / name / "manifest.jsonl", probe_duration=True).entries:
             audio = load_audio(e.audio)
             t0 = time.perf_counter()
-            words = words_of(tok, transcribe(m, encoder, audio, args), args.emit_delay, args.right_context_ms / 1000)
+            words = words_of(tok, transcribe(m, encoder, audio, args), args.emit_delay, encoder)
             compute += time.perf_counter() - t0
             audio_s += len(audio) / 16000
             refs.append(normalize_text(e.text))
