@@ -51,7 +51,7 @@ def test_training_logits_equal_the_streaming_logits():
         batched = m(batch[1], m.speech_memory(batch[0]), batch[4], positions=batch[2], self_mask=batch[5])[0]
         memory, caches = m.speech_memory(frames), [dict() for _ in m.layers]
         m(torch.tensor([ws.PROMPT]), memory, torch.tensor([[24] * 4]), caches=caches)
-        pos, last, n_text, streamed, taken = len(ws.PROMPT), ws.PROMPT[-1], row["n_text"], [], 0
+        pos, last, n_text, streamed = len(ws.PROMPT), ws.PROMPT[-1], row["n_text"], []
         for c in range(5):
             vis = torch.tensor([[min(50, (c + 2) * 12)]])
             q = m(torch.tensor([[last]]), memory, vis, start=pos - 1, caches=caches, transient=True)[0, -1]
@@ -59,7 +59,7 @@ def test_training_logits_equal_the_streaming_logits():
             for tok in [t for t, g in zip(ids, chunks) if g == c]:
                 out = m(torch.tensor([[tok]]), memory, vis, start=pos, caches=caches)[0, -1]
                 streamed.append(out)
-                pos, last, taken = pos + 1, tok, taken + 1
+                pos, last = pos + 1, tok
     for j, out in enumerate(streamed):
         torch.testing.assert_close(out, batched[len(ws.PROMPT) + j], atol=1e-4, rtol=1e-4)
 
