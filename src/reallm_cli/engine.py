@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from reallm_cli.audio.features import PAD_SAMPLES, StreamingLogMel
+from reallm_cli.cross_context import CrossDecoderContext
 from reallm_cli.results import Event, Word
 from reallm_cli.stats import SessionStats
 from reallm_cli.timebase import MEL_FRAME_MS, SAMPLE_RATE
@@ -38,6 +39,7 @@ class DecodeOptions:
     finalize_after_chunks: int = 2  # a word with no continuation for this many chunks becomes final
     lead_in_chunks: int = 0  # chunks of silence decoded before the stream's audio (times exclude them)
     emit_delay_chunks: int = 0  # the model writes a word this many chunks after it was heard (see ReaLLMConfig)
+    end_silence_chunks: int = 0  # more chunks of silence decoded after the stream's end (see ReaLLMConfig)
     context_chunks: int = 64  # the decoder's context restarts when it holds this many chunks (15.4 s at 240 ms)
     carry_chunks: int = 8  # chunks (with their pieces) carried into a restarted context
     max_word_pieces: int = 32  # a word this long is final (no real word has so many; bounds the word in progress)
@@ -270,7 +272,7 @@ class Session:
         self._opts = recognizer.options
         self._chunk_s = model.chunk_ms / 1000
         self.encoder = EncoderStage(model)
-        self.decoder = DecoderContext(recognizer)
+        self.decoder = CrossDecoderContext(recognizer) if model.config.cross_attention else DecoderContext(recognizer)
         self.emission = Emission(model, recognizer.tokenizer, self._opts, recognizer.word_timer)
         self.stats = SessionStats()
         self.chunks_done = 0  # the stream's clock: index of the next chunk to decode, lead-in included
@@ -333,7 +335,7 @@ class Session:
         t0 = time.perf_counter()
         with torch.inference_mode():
             # a model that writes words late needs that many chunks after the audio to write the last ones
-            frames = self.encoder.flush(self._silence(self._opts.emit_delay_chunks))
+            frames = self.encoder.flush(self._silence(self._opts.emit_delay_chunks + self._opts.end_silence_chunks))
             final = self._consume(frames, last=True)
             final += self.emission.end_of_stream(self.chunks_done)
         self.stats.compute_s += time.perf_counter() - t0
@@ -355,7 +357,7 @@ class Session:
         self.emission.frames(ready)
         embeddings = self._model.speech_embeddings(ready[None])[0]  # (n * slots, D)
         words: list[Word] = []
-        chunks = embeddings.view(-1, self._model.config.slots_per_chunk, embeddings.shape[-1])
+        chunks = embeddings.view(-1, self._model.slots_per_chunk, embeddings.shape[-1])
         i = 0
         while i < chunks.shape[0]:
             n, new = self._decode_chunks(chunks[i:])
@@ -427,7 +429,8 @@ class Recognizer:
         cfg = model.config
         self.options = options or DecodeOptions(max_tokens_per_chunk=cfg.max_tokens_per_chunk,
                                                 lead_in_chunks=cfg.lead_in_ms // model.chunk_ms,
-                                                emit_delay_chunks=cfg.emit_delay_chunks)
+                                                emit_delay_chunks=cfg.emit_delay_chunks,
+                                                end_silence_chunks=cfg.end_silence_chunks)
 
     @classmethod
     def load(cls, model: str | Path | None = None, precision: str = "auto", right_context_ms: int | None = None,
@@ -464,7 +467,7 @@ class Recognizer:
                 mel = StreamingLogMel().push(silence)
                 frames, _ = model.encoder.step(mel[None], model.encoder.init_state(1))
                 emb = model.speech_embeddings(frames[:, : n * model.frames_per_chunk])[0]
-            self._lead_in_embeddings[n] = list(emb.view(n, model.config.slots_per_chunk, -1))
+            self._lead_in_embeddings[n] = list(emb.view(n, model.slots_per_chunk, -1))
         return self._lead_in_embeddings[n]
 
     def session(self, on_piece: Callable[[int, int], None] | None = None) -> Session:
