@@ -74,3 +74,31 @@ def test_streaming_does_not_repeat_a_piece_within_a_chunk():
     frames = torch.randn(1, 24, 32)
     assert ws.stream_pieces(m, frames, no_repeat=False, extra_chunks=0) == [(7, 0)] * 8 + [(7, 1)] * 8
     assert ws.stream_pieces(m, frames, extra_chunks=0) == [(7, 0), (7, 1)]
+
+
+def test_the_exported_decoder_gives_the_prototypes_logits_on_its_vocabulary():
+    from reallm_cli.model.cross_decoder import CrossAttentionDecoder, CrossDecoderConfig
+
+    export = _load("whisper_decoder_export", "export.py")
+    m = small_decoder()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.3)
+    keep = [-1, 11, 220, 1000, 50256]  # BLANK first, then Whisper ids
+    dec = CrossAttentionDecoder(CrossDecoderConfig(vocab_size=len(keep), d_model=32, n_layers=2, n_heads=2,
+                                                   ffn_hidden=128, n_ctx=64))
+    dec.load_state_dict(export.cross_state(m, keep))
+    rows = torch.tensor([ws.BLANK] + keep[1:])
+    frames = torch.randn(1, 48, 32)
+    with torch.no_grad():
+        memory, caches = m.speech_memory(frames), [dict() for _ in m.layers]
+        m(torch.tensor([ws.PROMPT]), memory, torch.tensor([[24] * 4]), caches=caches)
+        want_piece = m(torch.tensor([[220]]), memory, torch.tensor([[36]]), start=4, caches=caches)[0, -1, rows]
+        want_question = m(torch.tensor([[220]]), memory, torch.tensor([[48]]), start=4, caches=caches,
+                          transient=True)[0, -1, rows]
+        cache = dec.init_cache(48)
+        dec.add_frames(cache, frames[0])
+        dec.feed(cache, None, torch.full((4,), 24), logits=False)
+        torch.testing.assert_close(dec.feed(cache, torch.tensor([2]), torch.tensor([36])), want_piece,
+                                   atol=1e-4, rtol=1e-4)  # 220 is our piece 2
+        torch.testing.assert_close(dec.ask(cache, 2, torch.tensor([48]))[0], want_question, atol=1e-4, rtol=1e-4)
