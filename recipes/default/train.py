@@ -203,6 +203,9 @@ def start(args: argparse.Namespace) -> Run:
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
     if args.init_model is not None:
         model, tok = load_model(args.init_model)
+        if model.config.cross_attention:
+            sys.exit(f"train.py: {args.init_model} has a cross-attention decoder; recipes/default/whisper_decoder/ "
+                     "trains that kind")
         log(f"fine-tuning {args.init_model}: its encoder, tokenizer ({tok.vocab_size} tokens) and config")
         return Run(args, whisper_encoder_of(model, args.init_model), model, tok, times=times)
     if is_model_file(args.encoder):
