@@ -7,6 +7,9 @@ question, asked by a short-lived copy of the last position, is what feeding that
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -145,3 +148,20 @@ def test_a_cross_model_runs_in_every_precision(tmp_path, tok, precision):
     rec = Recognizer.load(path, precision=precision)
     words = rec.transcribe_array(_audio(2.0))
     assert words and all(w.emit_s >= w.end_s for w in words)
+
+
+@pytest.mark.parametrize("no_repeat", [True, False])
+def test_no_piece_follows_itself_within_a_chunk(tok, no_repeat):
+    model = tiny_cross_model(tok.vocab_size, blank_penalty=0.0)
+    dec = model.decoder
+    with torch.no_grad():  # a head that prefers piece 7 to BLANK to anything else, whatever it reads
+        dec.tok_embeddings.weight.zero_()
+        dec.tok_embeddings.weight[7, 0], dec.tok_embeddings.weight[tok.blank, 1] = 1.0, 1.0
+        dec.norm.weight.zero_(), dec.norm.bias.zero_()
+        dec.norm.bias[0], dec.norm.bias[1] = 2.0, 1.0
+    model.config = replace(model.config, decoder=replace(dec.cfg, no_repeat=no_repeat))
+    dec.cfg = model.config.decoder
+    pieces = _stream(Recognizer(model, tok), _audio(1.0), 16000)
+    per_chunk = Counter(c for _, c in pieces)
+    assert {t for t, _ in pieces} == {7}
+    assert set(per_chunk.values()) == ({1} if no_repeat else {model.config.max_tokens_per_chunk})

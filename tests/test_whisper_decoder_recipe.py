@@ -1,5 +1,6 @@
 """recipes/default/whisper_decoder: the training row (one batched pass) gives the very logits that streaming
-asks for chunk by chunk (cache, short-lived question), so the decoder is trained on what it will see."""
+asks for chunk by chunk (cache, short-lived question), so the decoder is trained on what it will see; and the
+exported model file streams real speech through the engine."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import sys
 import torch
 
 from conftest import REPO
+from reallm_cli.model.cross_decoder import CrossAttentionDecoder, CrossDecoderConfig
 
 HERE = REPO / "recipes" / "default" / "whisper_decoder"
 sys.path.insert(0, str(HERE))
-import whisper_stream as ws  # noqa: E402  (a recipe module, not a package module)
 
 
 def _load(name: str, file: str):
@@ -23,19 +24,26 @@ def _load(name: str, file: str):
 
 
 train = _load("whisper_decoder_train", "train.py")
+VOCAB, BLANK = 400, 0
+PROMPT = [VOCAB, VOCAB + 1, VOCAB + 2, VOCAB + 3]  # the prompt's ids follow the vocabulary
 
 
-def small_decoder() -> ws.StreamingWhisperDecoder:
+def small_decoder() -> CrossAttentionDecoder:
     torch.manual_seed(0)
-    return ws.StreamingWhisperDecoder(d=32, heads=2, n_layers=2, n_ctx=64).eval()
+    m = CrossAttentionDecoder(CrossDecoderConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=2,
+                                                 ffn_hidden=64, n_ctx=64))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.3)
+    return m.eval()
 
 
 def test_a_row_holds_the_pieces_then_one_question_per_chunk():
-    row = train.sequence([100, 200, 300], [1, 1, 3], n_frames=50, emit_delay=1)  # 5 chunks, the last short
-    n_text = len(ws.PROMPT) + 3
+    row = train.sequence([100, 200, 300], [1, 1, 3], n_frames=50, emit_delay=1, prompt=PROMPT, blank=BLANK)
+    n_text = len(PROMPT) + 3  # 5 chunks, the last short
     assert row["n_text"] == n_text and len(row["tokens"]) == n_text + 5
-    assert row["targets"][:n_text] == [-100] * 4 + [200, ws.BLANK, ws.BLANK]  # a piece, then its chunk's end
-    assert row["targets"][n_text:] == [ws.BLANK, 100, ws.BLANK, 300, ws.BLANK]  # chunk c's first piece or BLANK
+    assert row["targets"][:n_text] == [-100] * 4 + [200, BLANK, BLANK]  # a piece, then its chunk's end
+    assert row["targets"][n_text:] == [BLANK, 100, BLANK, 300, BLANK]  # chunk c's first piece or BLANK
     assert row["copy_of"][n_text:] == [3, 3, 5, 5, 6]  # the last token before the chunk
     assert row["visible"][n_text:] == [24, 36, 48, 50, 50]  # chunks 0 .. c + 1, at most all 50 frames
     assert row["visible"][4:n_text] == [36, 36, 50]  # a piece reads as far as its own chunk's question
@@ -45,63 +53,22 @@ def test_training_logits_equal_the_streaming_logits():
     m = small_decoder()
     frames = torch.randn(1, 50, 32)
     ids, chunks = [100, 200, 300], [1, 1, 3]
-    row = train.sequence(ids, chunks, n_frames=50, emit_delay=1)
-    batch = train.collate([frames[0]], [row])
+    row = train.sequence(ids, chunks, n_frames=50, emit_delay=1, prompt=PROMPT, blank=BLANK)
+    frames_b, tokens, positions, _targets, visible, mask = train.collate([frames[0]], [row])
     with torch.no_grad():
-        batched = m(batch[1], m.speech_memory(batch[0]), batch[4], positions=batch[2], self_mask=batch[5])[0]
-        memory, caches = m.speech_memory(frames), [dict() for _ in m.layers]
-        m(torch.tensor([ws.PROMPT]), memory, torch.tensor([[24] * 4]), caches=caches)
-        pos, last, n_text, streamed = len(ws.PROMPT), ws.PROMPT[-1], row["n_text"], []
+        batched = m(tokens, positions, visible, frames_b, mask)[0]
+        cache = m.init_cache(50)
+        m.add_frames(cache, frames[0])
+        m.feed(cache, None, torch.full((4,), 24), logits=False)
+        last, n_text, streamed = None, row["n_text"], []
         for c in range(5):
-            vis = torch.tensor([[min(50, (c + 2) * 12)]])
-            q = m(torch.tensor([[last]]), memory, vis, start=pos - 1, caches=caches, transient=True)[0, -1]
-            torch.testing.assert_close(q, batched[n_text + c], atol=1e-4, rtol=1e-4)
+            vis = torch.tensor([min(50, (c + 2) * 12)])
+            torch.testing.assert_close(m.ask(cache, last, vis)[0], batched[n_text + c], atol=1e-4, rtol=1e-4)
             for tok in [t for t, g in zip(ids, chunks) if g == c]:
-                out = m(torch.tensor([[tok]]), memory, vis, start=pos, caches=caches)[0, -1]
-                streamed.append(out)
-                pos, last = pos + 1, tok
+                streamed.append(m.feed(cache, torch.tensor([tok]), vis))
+                last = tok
     for j, out in enumerate(streamed):
-        torch.testing.assert_close(out, batched[len(ws.PROMPT) + j], atol=1e-4, rtol=1e-4)
-
-
-def test_streaming_does_not_repeat_a_piece_within_a_chunk():
-    m = small_decoder()
-    with torch.no_grad():  # an output head that always prefers token 7, then BLANK
-        m.emb.weight.zero_()
-        m.emb.weight[7, 0], m.emb.weight[ws.BLANK, 1] = 1.0, 1.0
-        m.ln.weight.zero_(), m.ln.bias.zero_()
-        m.ln.bias[0], m.ln.bias[1] = 2.0, 1.0
-    frames = torch.randn(1, 24, 32)
-    assert ws.stream_pieces(m, frames, no_repeat=False, extra_chunks=0) == [(7, 0)] * 8 + [(7, 1)] * 8
-    assert ws.stream_pieces(m, frames, extra_chunks=0) == [(7, 0), (7, 1)]
-
-
-def test_the_exported_decoder_gives_the_prototypes_logits_on_its_vocabulary():
-    from reallm_cli.model.cross_decoder import CrossAttentionDecoder, CrossDecoderConfig
-
-    export = _load("whisper_decoder_export", "export.py")
-    m = small_decoder()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0, 0.3)
-    keep = [-1, 11, 220, 1000, 50256]  # BLANK first, then Whisper ids
-    dec = CrossAttentionDecoder(CrossDecoderConfig(vocab_size=len(keep), d_model=32, n_layers=2, n_heads=2,
-                                                   ffn_hidden=128, n_ctx=64))
-    dec.load_state_dict(export.cross_state(m, keep))
-    rows = torch.tensor([ws.BLANK] + keep[1:])
-    frames = torch.randn(1, 48, 32)
-    with torch.no_grad():
-        memory, caches = m.speech_memory(frames), [dict() for _ in m.layers]
-        m(torch.tensor([ws.PROMPT]), memory, torch.tensor([[24] * 4]), caches=caches)
-        want_piece = m(torch.tensor([[220]]), memory, torch.tensor([[36]]), start=4, caches=caches)[0, -1, rows]
-        want_question = m(torch.tensor([[220]]), memory, torch.tensor([[48]]), start=4, caches=caches,
-                          transient=True)[0, -1, rows]
-        cache = dec.init_cache(48)
-        dec.add_frames(cache, frames[0])
-        dec.feed(cache, None, torch.full((4,), 24), logits=False)
-        torch.testing.assert_close(dec.feed(cache, torch.tensor([2]), torch.tensor([36])), want_piece,
-                                   atol=1e-4, rtol=1e-4)  # 220 is our piece 2
-        torch.testing.assert_close(dec.ask(cache, 2, torch.tensor([48]))[0], want_question, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(out, batched[len(PROMPT) + j], atol=1e-4, rtol=1e-4)
 
 
 def test_the_exported_model_file_streams_jfk_through_the_engine(tmp_path):

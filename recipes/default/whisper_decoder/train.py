@@ -1,15 +1,16 @@
-"""Fine-tune Whisper base's decoder (whisper_stream.py) on the ReaLLM sequence over a training run's cached streaming
+"""Fine-tune Whisper base's decoder (``model.cross_decoder``, built by whisper_base.py) on the ReaLLM sequence over a training run's cached streaming
 frames (train.py's WORK: feats/, alignments_bpe.jsonl, bpe_tokenizer.bin; issue 33, stage 1).
 
 Each utterance becomes one training row: the prompt and its pieces (each reading the chunks up to its own
 aligned chunk + the emit delay, and predicting the next piece of that chunk or BLANK), then one transient
 question per chunk (a copy of the last token before the chunk, at its position, seeing the chunk; it
-predicts the chunk's first piece or BLANK; nothing attends to it). The alignment is moved from the BPE
-pieces of tiny.en onto Whisper base's multilingual BPE byte by byte (``align.retokenize``). Embeddings and
-positions stay frozen; resumes from OUT/ckpt.pt after a kill.
+predicts the chunk's first piece or BLANK; nothing attends to it), as ``cross_context`` streams it. The
+alignment is moved from the BPE pieces of tiny.en onto the English cut of Whisper base's BPE byte by byte
+(``align.retokenize``). Embeddings, prompt and positions stay frozen; resumes from OUT/ckpt.pt after a
+kill; OUT/trained.safetensors holds the trained parts, which export.py makes a model file of.
 
     python recipes/default/whisper_decoder/train.py --work runs/default/train-c --out runs/wd/run \\
-        --ct2 runs/whisper-base-ct2/model.bin --steps 500 --lr 5e-5 [--init CKPT]
+        --steps 500 --lr 5e-5 [--init weights/candidates/whisper-decoder-stage1.safetensors]
 """
 
 from __future__ import annotations
@@ -26,39 +27,40 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer
-
 sys.path.insert(0, str(Path(__file__).parent))
-from whisper_stream import BLANK, FRAMES_PER_CHUNK, PROMPT, TRAINED, load_whisper_base  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from common import WHISPER_BASE_CT2  # noqa: E402  (recipes/default/common.py)
+from whisper_base import FRAMES_PER_CHUNK, TRAINED, ascii_subset, whisper_base_decoder  # noqa: E402
 
 from reallm_cli.align.retokenize import byte_level_bytes, transfer_chunks  # noqa: E402
-from reallm_cli.tokenizer import tokenizer_from_bytes  # noqa: E402
+from reallm_cli.tokenizer import WhisperBPETokenizer, tokenizer_from_bytes  # noqa: E402
+from reallm_cli.train.pseudo_label import assemble_model_dir  # noqa: E402
 from reallm_cli.train.feature_cache import FeatureStore  # noqa: E402
 
 
-def sequence(ids: list[int], chunks: list[int], n_frames: int, emit_delay: int) -> dict:
-    """One utterance's training row: the prompt and the pieces ``ids`` (each written after its ``chunks``
-    entry), then one short-lived question per chunk. Per position: token, position, frames visible,
-    target (-100: none), and for a question the index of the token it copies (-1 for the others)."""
+def sequence(ids: list[int], chunks: list[int], n_frames: int, emit_delay: int, prompt: list[int], blank: int) -> dict:
+    """One utterance's training row: the ``prompt`` ids and the pieces ``ids`` (each written after its
+    ``chunks`` entry), then one short-lived question per chunk. Per position: token, position, frames
+    visible, target (-100: none), and for a question the index of the token it copies (-1 for the others)."""
     n_chunks = -(-n_frames // FRAMES_PER_CHUNK)
-    text = list(PROMPT) + list(ids)
-    group = [-1] * len(PROMPT) + [min(c, n_chunks - 1) for c in chunks]
+    text = list(prompt) + list(ids)
+    group = [-1] * len(prompt) + [min(c, n_chunks - 1) for c in chunks]
     tokens, positions, seen, targets, copy_of = [], [], [], [], []
     for j, (tok, g) in enumerate(zip(text, group)):
         tokens.append(tok), positions.append(j), seen.append(max(g, 0)), copy_of.append(-1)
-        nxt = text[j + 1] if j + 1 < len(text) and group[j + 1] == g else BLANK
-        targets.append(-100 if j < len(PROMPT) else nxt)
+        nxt = text[j + 1] if j + 1 < len(text) and group[j + 1] == g else blank
+        targets.append(-100 if j < len(prompt) else nxt)
     for c in range(n_chunks):
         k = sum(g < c for g in group) - 1  # the last token before chunk c's pieces
         first = [t for t, g in zip(text, group) if g == c]
         tokens.append(text[k]), positions.append(k), seen.append(c), copy_of.append(k)
-        targets.append(first[0] if first else BLANK)
+        targets.append(first[0] if first else blank)
     visible = [min(n_frames, (s + 1 + emit_delay) * FRAMES_PER_CHUNK) for s in seen]
     return {"n": n_frames, "tokens": tokens, "positions": positions, "visible": visible, "targets": targets,
             "copy_of": copy_of, "n_text": len(text)}
 
 
-def rows(work: Path, whisper_tok: Tokenizer, emit_delay: int, n_ctx: int) -> tuple[FeatureStore, list[dict]]:
+def rows(work: Path, tok: WhisperBPETokenizer, emit_delay: int, n_ctx: int, prompt: list[int]) -> tuple[FeatureStore, list[dict]]:
     dec_tok = tokenizer_from_bytes((work / "bpe_tokenizer.bin").read_bytes())
     store = FeatureStore(sorted(p for p in (work / "feats").glob("*/*") if p.is_dir()))
     by_id = {u.id: i for i, u in enumerate(store.items)}
@@ -70,16 +72,16 @@ def rows(work: Path, whisper_tok: Tokenizer, emit_delay: int, n_ctx: int) -> tup
             continue
         u = store.items[i]
         ours = dec_tok.encode(u.text)
-        enc = whisper_tok.encode(" " + u.text.strip(), add_special_tokens=False)
         try:
+            ids = tok.encode(u.text)
             if len(ours) != len(r["chunks"]):
                 raise ValueError("token count")
             chunks = transfer_chunks(byte_level_bytes([dec_tok.piece(t) for t in ours]), r["chunks"],
-                                     byte_level_bytes(enc.tokens))
+                                     byte_level_bytes([tok.piece(t) for t in ids]))
         except ValueError:
             dropped += 1
             continue
-        row = sequence(list(enc.ids), chunks, u.n_frames, emit_delay)
+        row = sequence(ids, chunks, u.n_frames, emit_delay, prompt, tok.blank)
         if len(row["tokens"]) > n_ctx:
             dropped += 1
             continue
@@ -128,7 +130,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--ct2", type=Path, required=True, help="Whisper base's CTranslate2 model.bin")
+    ap.add_argument("--ct2", type=Path, default=WHISPER_BASE_CT2 / "model.bin", help="Whisper base's CTranslate2 model.bin")
     ap.add_argument("--init", type=Path, default=None, help="start from these trained parts (.pt or .safetensors)")
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--lr", type=float, default=5e-5)
@@ -142,9 +144,11 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    whisper_tok = Tokenizer.from_file(str(args.ct2.parent / "tokenizer.json"))
-    m = load_whisper_base(args.ct2, args.init)
-    store, examples = rows(args.work, whisper_tok, args.emit_delay, m.n_ctx)
+    assemble_model_dir(args.ct2.parent)
+    tok = ascii_subset((args.ct2.parent / "tokenizer.json").read_text())
+    m = whisper_base_decoder(args.ct2, tok, args.init)
+    prompt = list(range(tok.vocab_size, tok.vocab_size + m.cfg.prompt_tokens))  # CrossAttentionDecoder.embed
+    store, examples = rows(args.work, tok, args.emit_delay, m.cfg.n_ctx, prompt)
     short = [e for e in examples if len(store.items[e["i"]].text.split()) <= 2]
     examples += short * (args.short_boost - 1)
     print(f"{len(short)} utterances of at most two words, drawn {args.short_boost} times as often", flush=True)
@@ -169,7 +173,7 @@ def main() -> int:
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for group in opt.param_groups:
             group["lr"] = lr
-        logits = m(tokens, m.speech_memory(frames), visible, positions=positions, self_mask=mask)
+        logits = m(tokens, positions, visible, frames, mask)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
         opt.zero_grad()
         loss.backward()

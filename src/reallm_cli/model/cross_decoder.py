@@ -118,6 +118,26 @@ class CrossAttentionDecoder(nn.Module):
     def d_model(self) -> int:
         return self.cfg.d_model
 
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids (...,) -> (..., D); ids from ``vocab_size`` on are the prompt's embeddings, in order."""
+        v = self.cfg.vocab_size
+        x = self.tok_embeddings(tokens.clamp(max=v - 1))
+        return torch.where((tokens >= v)[..., None], self.prompt[(tokens - v).clamp(min=0)], x)
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor, frames: torch.Tensor,
+                self_mask: torch.Tensor) -> torch.Tensor:
+        """Training: ids (B, T) (the prompt's from ``vocab_size`` on) at ``positions`` (B, T), each reading
+        ``visible`` (B, T) of the frames (B, S, D), with ``self_mask`` (B, 1, T, T) True = may attend.
+        Returns logits (B, T, V). A row may hold short-lived questions beside the text: positions that repeat
+        another's, which the mask lets nothing attend to (``cross_context``)."""
+        x = self.embed(tokens) + self.positions[positions]
+        cross = (torch.arange(frames.shape[1])[None, None, :] < visible[:, :, None])[:, None]
+        for layer in self.layers:
+            q, k, v = layer.self_qkv(x)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=self_mask)
+            x = layer.rest(x, a, *layer.memory(frames), cross)
+        return self._logits(x)
+
     # -- streaming ---------------------------------------------------------------------------------
 
     def init_cache(self, max_frames: int) -> CrossCache:
