@@ -43,8 +43,10 @@ class CrossDecoderContext:
         return logits
 
     def _seen(self, chunks: torch.Tensor | int, n: int = 1) -> torch.Tensor:
-        """Frames read by positions after the given chunk(s) (each, or one chunk ``n`` times): up to its end."""
-        chunks = torch.as_tensor(chunks).reshape(-1).expand(n) if isinstance(chunks, int) else chunks
+        """Frames read by positions after the given chunks (a tensor), or ``n`` positions after one chunk:
+        all frames up to the chunk's end."""
+        if isinstance(chunks, int):
+            return torch.full((n,), (chunks + 1) * self._fpc)
         return (chunks + 1) * self._fpc
 
     def _prompt(self) -> None:
@@ -99,7 +101,8 @@ class CrossDecoderContext:
         lead = self._recognizer.lead_in_embeddings()
         self.chunks = [(f, []) for f in lead] + carried
         self.kv, self._prompted, self._last = self._new_cache(), False, None
-        self._decoder.add_frames(self.kv, torch.cat([f for f, _ in self.chunks]))
+        if self.chunks:
+            self._decoder.add_frames(self.kv, torch.cat([f for f, _ in self.chunks]))
         self._prompt()
         for c, (_, pieces) in enumerate(self.chunks):
             if pieces:
