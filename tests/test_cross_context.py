@@ -123,9 +123,11 @@ def test_a_long_stream_restarts_its_context_and_stays_bounded(tok):
     rec.options = type(rec.options)(**{**rec.options.__dict__, "context_chunks": 16, "carry_chunks": 4})
     pieces = []
     s = rec.session(on_piece=lambda t, c: pieces.append((t, c)))
+    size = s.decoder.kv.nbytes()
     for i in range(20):  # 20 s, far past 16 chunks and 40 text positions
         s.push(_audio(1.0, seed=i))
         assert s.decoder.kv.n <= 40 and len(s.decoder.chunks) <= 16 + rec.options.chunks_ahead
+        assert s.decoder.kv.nbytes() == size  # allocated once per context, never grown
     s.flush()
     assert s.stats.restarts >= 5
     assert max(c for _, c in pieces) > 70  # it still writes near the end
