@@ -1,5 +1,6 @@
 """Whisper base's decoder as the product's cross-attention decoder (``model.cross_decoder``), over an English cut
-of its vocabulary, read from CTranslate2's model.bin, with trained parts laid over it (issue 33).
+of its vocabulary, imported from CTranslate2's model.bin (``model.whisper_import``), with trained parts laid
+over it (issue 33).
 
 BLANK is Whisper's ``<|nocaptions|>`` (our id 0); the prompt is Whisper's <|startoftranscript|> <|en|>
 <|transcribe|> <|notimestamps|>, whose embeddings become the decoder's ``prompt`` (ids from the vocabulary's
@@ -9,12 +10,13 @@ size on, ``CrossAttentionDecoder.embed``).
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from reallm_cli.model.cross_decoder import CrossAttentionDecoder, CrossDecoderConfig
-from reallm_cli.model.whisper_import import _dequantize, read_ct2_variables
+from reallm_cli.model.cross_decoder import CrossAttentionDecoder
+from reallm_cli.model.whisper_import import import_whisper_cross_decoder
 from reallm_cli.tokenizer import WhisperBPETokenizer
 
 PROMPT = (50258, 50259, 50359, 50363)  # Whisper ids
@@ -35,29 +37,6 @@ def ascii_subset(tokenizer_json: str) -> WhisperBPETokenizer:
     keep = {i for t, i in vocab.items() if not t.startswith("<|")
             and (re.fullmatch(r"\u0120?[!-~]+|\u0120", t) or len(t) == 1 or (len(t) == 2 and t[0] == "\u0120"))}
     return WhisperBPETokenizer(tokenizer_json, [-1] + sorted(keep))
-
-
-def _ct2_state(model_bin: Path, keep_ids: list[int]) -> tuple[dict[str, torch.Tensor], int]:
-    """The decoder's weights under our names, the vocabulary cut to ``keep_ids``; and its layer count."""
-    _spec, _rev, v = read_ct2_variables([Path(model_bin)], prefix="decoder/")
-    g = lambda name: _dequantize(v, "decoder/" + name)  # noqa: E731
-    emb = g("embeddings/weight")
-    rows = torch.tensor([NOCAPTIONS if i < 0 else i for i in keep_ids])
-    sd = {"tok_embeddings.weight": emb[rows], "output.weight": emb[rows], "prompt": emb[list(PROMPT)],
-          "positions": g("position_encodings/encodings"), "norm.weight": g("layer_norm/gamma"),
-          "norm.bias": g("layer_norm/beta")}
-    norms = {"sa_norm": "self_attention/layer_norm", "ca_norm": "attention/layer_norm", "ffn_norm": "ffn/layer_norm"}
-    linears = {"sa_qkv": "self_attention/linear_0", "sa_out": "self_attention/linear_1", "ca_q": "attention/linear_0",
-               "ca_kv": "attention/linear_1", "ca_out": "attention/linear_2", "fc1": "ffn/linear_0", "fc2": "ffn/linear_1"}
-    n_layers = len({m.group(1) for n in v if (m := re.match(r"decoder/layer_(\d+)/", n))})
-    for i in range(n_layers):
-        for ours, theirs in norms.items():
-            sd[f"layers.{i}.{ours}.weight"] = g(f"layer_{i}/{theirs}/gamma")
-            sd[f"layers.{i}.{ours}.bias"] = g(f"layer_{i}/{theirs}/beta")
-        for ours, theirs in linears.items():
-            sd[f"layers.{i}.{ours}.weight"] = g(f"layer_{i}/{theirs}/weight")
-            sd[f"layers.{i}.{ours}.bias"] = g(f"layer_{i}/{theirs}/bias")
-    return sd, n_layers
 
 
 def trained_parts(path: Path) -> dict[str, torch.Tensor]:
@@ -83,10 +62,8 @@ def trained_parts(path: Path) -> dict[str, torch.Tensor]:
 def whisper_base_decoder(model_bin: Path, tok: WhisperBPETokenizer, trained: Path | None = None,
                          blank_penalty: float = 0.0) -> CrossAttentionDecoder:
     """Whisper base's decoder over ``tok``'s vocabulary (``ascii_subset``), ``trained`` parts laid over it."""
-    sd, n_layers = _ct2_state(model_bin, tok.keep_ids)
-    cfg = CrossDecoderConfig(vocab_size=tok.vocab_size, n_layers=n_layers, n_ctx=sd["positions"].shape[0],
-                             d_model=sd["positions"].shape[1], blank_penalty=blank_penalty)
-    m = CrossAttentionDecoder(cfg)
+    cfg, sd = import_whisper_cross_decoder([Path(model_bin)], tok.keep_ids, NOCAPTIONS, list(PROMPT))
+    m = CrossAttentionDecoder(replace(cfg, blank_penalty=blank_penalty))
     m.load_state_dict(sd)
     if trained is not None:
         parts = trained_parts(trained)

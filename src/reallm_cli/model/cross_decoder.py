@@ -162,10 +162,8 @@ class CrossAttentionDecoder(nn.Module):
         """Forget the last ``t`` frames of the speech memory."""
         cache.frames -= t
 
-    def _inputs(self, tokens: torch.Tensor | None, start: int, t: int) -> torch.Tensor:
-        """Token ids (t,) at positions start .. start + t - 1, or (``tokens`` None) the prompt -> (1, t, D)."""
-        x = self.prompt if tokens is None else self.tok_embeddings(tokens)
-        return (x + self.positions[start:start + t])[None]
+    def _prompt_ids(self) -> torch.Tensor:
+        return torch.arange(self.cfg.vocab_size, self.cfg.vocab_size + self.cfg.prompt_tokens)
 
     def _cross_mask(self, cache: CrossCache, visible: torch.Tensor) -> torch.Tensor:
         """(t,) frames each new position may read -> (t, frames) True = may read."""
@@ -179,11 +177,11 @@ class CrossAttentionDecoder(nn.Module):
              logits: bool = True) -> torch.Tensor | None:
         """Append text positions to the context, causally: token ids (t,) or (None) the prompt, each reading
         ``visible`` (t,) speech frames. Returns the last position's logits (V,) (None without ``logits``)."""
-        t = self.cfg.prompt_tokens if tokens is None else tokens.shape[0]
-        n = cache.n
+        ids = self._prompt_ids() if tokens is None else tokens
+        t, n = ids.shape[0], cache.n
         if n + t > self.cfg.n_ctx:
             raise ValueError(f"text context full ({self.cfg.n_ctx} positions)")
-        x = self._inputs(tokens, n, t)
+        x = (self.embed(ids) + self.positions[n:n + t])[None]
         cross = self._cross_mask(cache, visible)
         self_mask = None if t == 1 else torch.ones(t, n + t, dtype=torch.bool).tril(n)
         f = cache.frames
@@ -200,12 +198,9 @@ class CrossAttentionDecoder(nn.Module):
         """The chunk questions: k short-lived copies of the context's last position (token id ``token``, or
         None when it is the prompt's last), the i-th reading ``visible[i]`` frames; none is cached and none
         sees another. Returns their logits (k, V)."""
-        k_q, n = visible.shape[0], cache.n
-        last = n - 1
-        if token is None:
-            x = (self.prompt[-1] + self.positions[last]).expand(1, k_q, -1)
-        else:
-            x = (self.tok_embeddings.weight[token] + self.positions[last]).expand(1, k_q, -1)
+        k_q, last = visible.shape[0], cache.n - 1
+        ids = self._prompt_ids()[-1:] if token is None else torch.tensor([token])
+        x = (self.embed(ids) + self.positions[last]).expand(1, k_q, -1)
         cross = self._cross_mask(cache, visible)
         # each question sees the context before the last position, and itself
         self_mask = torch.cat((torch.ones(k_q, last, dtype=torch.bool), torch.eye(k_q, dtype=torch.bool)), 1)

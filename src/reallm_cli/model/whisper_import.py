@@ -287,6 +287,57 @@ def convert_installed_whisper(name: str, out_path: str | Path, dtype: torch.dtyp
     return cfg
 
 
+def _decoder_variables(model_bin_paths: list[Path], token_ids: list[int]):
+    """A Whisper model.bin's decoder variables, its token embedding (V, D) and its layer indices, checked:
+    a Whisper spec, layers 0..n-1, and ``token_ids`` inside the vocabulary."""
+    spec, _revision, v = read_ct2_variables([Path(p) for p in model_bin_paths], prefix="decoder/")
+    if spec != "WhisperSpec":
+        raise ModelError(f"model.bin is a {spec!r}, not a Whisper model")
+    emb = _dequantize(v, "decoder/embeddings/weight")  # (V, D)
+    bad = [i for i in token_ids if not 0 <= i < emb.shape[0]]
+    if bad:
+        raise ModelError(f"token ids outside Whisper's vocabulary of {emb.shape[0]}: {bad[:5]}")
+    layer_ids = sorted({int(m.group(1)) for n in v if (m := re.match(r"decoder/layer_(\d+)/", n))})
+    if layer_ids != list(range(len(layer_ids))) or not layer_ids:
+        raise ModelError(f"model.bin decoder layers are not 0..n-1: {layer_ids}")
+    return v, emb, layer_ids
+
+
+# CTranslate2's names of a decoder layer's parts -> ours in ``cross_decoder.CrossLayer``
+_CROSS_NORMS = {"sa_norm": "self_attention/layer_norm", "ca_norm": "attention/layer_norm", "ffn_norm": "ffn/layer_norm"}
+_CROSS_LINEARS = {"sa_qkv": "self_attention/linear_0", "sa_out": "self_attention/linear_1", "ca_q": "attention/linear_0",
+                  "ca_kv": "attention/linear_1", "ca_out": "attention/linear_2", "fc1": "ffn/linear_0", "fc2": "ffn/linear_1"}
+
+
+def import_whisper_cross_decoder(model_bin_paths: list[Path], keep_ids: list[int], blank_from: int,
+                                 prompt_ids: list[int]):
+    """Whisper's whole decoder, cross-attention included, as a ``CrossAttentionDecoder`` (config, state_dict).
+
+    The vocabulary is cut to ``keep_ids`` as in ``import_whisper_decoder`` (row 0, BLANK, from Whisper token
+    ``blank_from``); the embeddings of ``prompt_ids`` (Whisper's task prompt) become the decoder's
+    ``prompt``; Whisper's 448 learned positions are kept."""
+    from reallm_cli.model.cross_decoder import CrossDecoderConfig
+
+    v, emb, layer_ids = _decoder_variables(model_bin_paths, [blank_from, *keep_ids[1:], *prompt_ids])
+    g = lambda name: _dequantize(v, "decoder/" + name)  # noqa: E731
+    rows = torch.tensor([blank_from, *keep_ids[1:]])
+    positions = g("position_encodings/encodings")
+    sd = {"tok_embeddings.weight": emb[rows].clone(), "output.weight": emb[rows].clone(),
+          "prompt": emb[list(prompt_ids)].clone(), "positions": positions,
+          "norm.weight": g("layer_norm/gamma"), "norm.bias": g("layer_norm/beta")}
+    for i in layer_ids:
+        for ours, theirs in _CROSS_NORMS.items():
+            sd[f"layers.{i}.{ours}.weight"] = g(f"layer_{i}/{theirs}/gamma")
+            sd[f"layers.{i}.{ours}.bias"] = g(f"layer_{i}/{theirs}/beta")
+        for ours, theirs in _CROSS_LINEARS.items():
+            sd[f"layers.{i}.{ours}.weight"] = g(f"layer_{i}/{theirs}/weight")
+            sd[f"layers.{i}.{ours}.bias"] = g(f"layer_{i}/{theirs}/bias")
+    cfg = CrossDecoderConfig(vocab_size=len(keep_ids), d_model=emb.shape[1], n_layers=len(layer_ids),
+                             n_heads=int(v["decoder/num_heads"]), ffn_hidden=sd["layers.0.fc1.weight"].shape[0],
+                             n_ctx=positions.shape[0], prompt_tokens=len(prompt_ids))
+    return cfg, {k: t.contiguous() for k, t in sd.items()}
+
+
 def import_whisper_decoder(model_bin_paths: list[Path], keep_ids: list[int], blank_from: int, *,
                            window: int = 512, dropout: float = 0.0):
     """Whisper's decoder, without its cross-attention, as a whisper-style ``LlamaDecoder`` (config, state_dict).
@@ -298,18 +349,9 @@ def import_whisper_decoder(model_bin_paths: list[Path], keep_ids: list[int], bla
     """
     from reallm_cli.model.decoder import DecoderConfig
 
-    spec, _revision, v = read_ct2_variables([Path(p) for p in model_bin_paths], prefix="decoder/")
-    if spec != "WhisperSpec":
-        raise ModelError(f"model.bin is a {spec!r}, not a Whisper model")
+    v, emb, layer_ids = _decoder_variables(model_bin_paths, [blank_from, *keep_ids[1:]])
     e = "decoder/"
-    emb = _dequantize(v, e + "embeddings/weight")  # (V, D)
-    vocab, d_model = emb.shape
-    bad = [i for i in [blank_from, *keep_ids[1:]] if not 0 <= i < vocab]
-    if bad:
-        raise ModelError(f"token ids outside Whisper's vocabulary of {vocab}: {bad[:5]}")
-    layer_ids = sorted({int(m.group(1)) for n in v if (m := re.match(r"decoder/layer_(\d+)/", n))})
-    if layer_ids != list(range(len(layer_ids))) or not layer_ids:
-        raise ModelError(f"model.bin decoder layers are not 0..n-1: {layer_ids}")
+    d_model = emb.shape[1]
     n_heads = int(v[e + "num_heads"])
     ffn = v[e + "layer_0/ffn/linear_0/weight"].shape[0]
     cfg = DecoderConfig(vocab_size=len(keep_ids), d_model=d_model, n_layers=len(layer_ids), n_heads=n_heads,
