@@ -39,3 +39,30 @@ def test_a_loaded_model_equals_its_file(tmp_path):
     for name, value in loaded.state_dict().items():
         assert torch.equal(value, want[name]), name
     assert loaded.decoder.output.weight is loaded.decoder.tok_embeddings.weight  # still tied
+
+
+def test_a_tied_head_is_stored_once_and_a_file_that_holds_it_twice_still_loads(tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from conftest import tiny_model
+    from reallm_cli.model.checkpoint import load_model, save_model
+    from reallm_cli.model.presets import placeholder_tokenizer
+
+    tok = placeholder_tokenizer(64)
+    model = tiny_model(tok.vocab_size)
+    save_model(tmp_path / "m.safetensors", model, tok, dtype=torch.float32)
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        keys, meta = set(f.keys()), f.metadata()
+    assert "decoder.tok_embeddings.weight" in keys and "decoder.output.weight" not in keys
+    assert json.loads(meta["tied"]) == {"decoder.output.weight": "decoder.tok_embeddings.weight"}
+    state = load_file(str(tmp_path / "m.safetensors"))  # as files were written before: both keys, no "tied"
+    state["decoder.output.weight"] = state["decoder.tok_embeddings.weight"].clone()
+    old = {k: v for k, v in meta.items() if k != "tied"}
+    save_file(state, str(tmp_path / "old.safetensors"), metadata=old)
+    for name in ("m", "old"):
+        loaded, _ = load_model(tmp_path / f"{name}.safetensors")
+        assert loaded.decoder.output.weight is loaded.decoder.tok_embeddings.weight
+        assert torch.equal(loaded.decoder.output.weight, model.decoder.tok_embeddings.weight)

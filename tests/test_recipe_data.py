@@ -56,3 +56,15 @@ def test_a_synthetic_round_speaks_other_texts_into_other_files():
     texts = lambda jobs: {j["text"] for j in jobs}  # noqa: E731
     assert len(texts(first) & texts(second)) < 0.2 * len(texts(first))
     assert {j["id"] for j in first if j["id"].startswith("syn_LJ")} & committed_ids()
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared" / "text" / "ljspeech-sentences.tsv").exists(),
+                    reason="../shared/text (the recipe's text corpus) is absent")
+def test_a_short_only_plan_speaks_only_short_texts_into_files_of_its_own():
+    from synthetic_data import plan
+
+    mixed, short = plan(Path("/out"), 0.2, round_=1), plan(Path("/out"), 0.2, round_=1001, short_share=1.0)
+    assert short and all(j["id"].startswith("syn_short") for j in short)
+    assert any(j["id"].startswith("syn_LJ") for j in mixed)
+    assert {j["audio"] for j in mixed}.isdisjoint(j["audio"] for j in short)
+    assert sum(len(j["text"].split()) == 1 for j in short) > 0.1 * len(short)  # isolated digits among them

@@ -44,13 +44,15 @@ VOICES = {
 SEED = 20261206
 
 
-def plan(out: Path, hours: float, voices: dict[str, float] = VOICES, round_: int = 0) -> list[dict]:
+def plan(out: Path, hours: float, voices: dict[str, float] = VOICES, round_: int = 0,
+         short_share: float = SHORT_SHARE) -> list[dict]:
     """Every utterance to make: (text, voice, rate, augmentation, right context), in a seeded order.
-    Round 0 makes the first data; every other round draws its own texts and copies (ids end in _rN)."""
+    Round 0 makes the first data; every other round draws its own texts and copies (ids end in _rN).
+    ``short_share`` of the hours go to the short texts, the rest to LJ Speech sentences."""
     rng = random.Random(SEED + round_)
     lj = list(split_lj(read_lj())[0])
     rng.shuffle(lj)
-    pools = [("lj", lj, hours * 3600 * (1 - SHORT_SHARE)), ("short", short_texts(20000, rng), hours * 3600 * SHORT_SHARE)]
+    pools = [("lj", lj, hours * 3600 * (1 - short_share)), ("short", short_texts(20000, rng), hours * 3600 * short_share)]
     names, shares = list(voices), list(voices.values())
     jobs = []
     for kind, texts, budget in pools:
@@ -99,6 +101,9 @@ def main() -> int:
     ap.add_argument("--voices", default=",".join(VOICES), help="comma-separated voices of synth.py (default: all)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--round", type=int, default=0, help="0: the first data; N: other texts and draws")
+    ap.add_argument("--short-share", type=float, default=SHORT_SHARE,
+                    help=f"share of the hours for short texts: digits, numbers, phrases (default {SHORT_SHARE})")
+    ap.add_argument("--manifest", default="train_synthetic.jsonl", help="manifest name in --out (train*.jsonl)")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     voices = {v: VOICES.get(v, 0.03) for v in args.voices.split(",") if v}
@@ -106,14 +111,16 @@ def main() -> int:
     if mute:
         sys.exit(f"synthetic_data.py: these voices cannot speak here: {', '.join(mute)} "
                  "(pip install -e '.[data]'; see synth.py), or choose others with --voices")
-    jobs = plan(args.out.resolve(), args.hours, voices, args.round)
+    if not 0.0 <= args.short_share <= 1.0:
+        sys.exit(f"synthetic_data.py: --short-share must lie in 0..1, not {args.short_share}")
+    jobs = plan(args.out.resolve(), args.hours, voices, args.round, args.short_share)
     with ProcessPoolExecutor(args.jobs) as pool:
         lines = [x for x in pool.map(produce, jobs, chunksize=8) if x is not None]
-    tmp = args.out / "train_synthetic.jsonl.partial"
+    tmp = args.out / f"{args.manifest}.partial"
     tmp.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    tmp.replace(args.out / "train_synthetic.jsonl")
+    tmp.replace(args.out / args.manifest)
     hours = sum(x["duration"] for x in lines) / 3600
-    print(f"{len(lines)} of {len(jobs)} synthetic utterances, {hours:.2f} h -> {args.out / 'train_synthetic.jsonl'}",
+    print(f"{len(lines)} of {len(jobs)} synthetic utterances, {hours:.2f} h -> {args.out / args.manifest}",
           file=sys.stderr)
     return 0
 

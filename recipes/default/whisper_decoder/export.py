@@ -33,14 +33,17 @@ def main() -> int:
     ap.add_argument("--trained", type=Path, default=REPO / "weights" / "candidates" / "whisper-decoder-stage1.safetensors")
     ap.add_argument("--base-model", default=None, help="the model whose encoder to take (default: shipped)")
     ap.add_argument("--blank-penalty", type=float, default=1.5)
+    ap.add_argument("--emit-delay", type=int, default=None,
+                    help="chunks each piece waits, as trained (train.py --emit-delay; default: the base model's)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     assemble_model_dir(args.ct2.parent)
     base, _ = load_model(resolve_model(args.base_model))
     tok = ascii_subset((args.ct2.parent / "tokenizer.json").read_text())
     decoder = whisper_base_decoder(args.ct2, tok, args.trained, args.blank_penalty)
+    delay = base.config.emit_delay_chunks if args.emit_delay is None else args.emit_delay
     config = ReaLLMConfig(encoder=base.config.encoder, decoder=decoder.cfg, max_tokens_per_chunk=8,
-                          lead_in_ms=base.config.lead_in_ms, emit_delay_chunks=base.config.emit_delay_chunks,
+                          lead_in_ms=base.config.lead_in_ms, emit_delay_chunks=delay,
                           end_silence_chunks=1)  # as training's frames: silence after the audio's last chunk
     model = build_model(config)
     model.encoder.load_state_dict(base.encoder.state_dict())

@@ -35,13 +35,20 @@ def build_model(config: ReaLLMConfig) -> ReaLLM:
 
 def save_model(path: str | Path, model: ReaLLM, tokenizer: Tokenizer, dtype: torch.dtype = torch.float16,
                extra: dict | None = None) -> None:
-    """Write weights (``dtype``), config and tokenizer to one safetensors file, atomically."""
+    """Write weights (``dtype``), config and tokenizer to one safetensors file, atomically. A tied weight
+    (the output head that is the token embedding) is written once; ``tied`` names its other keys."""
     path = Path(path)
-    # copies: tied weights (the output head is the token embedding) must not share memory in the file
-    tensors = {k: v.detach().to(dtype, copy=True).contiguous() if v.is_floating_point() else v.detach().clone()
-               for k, v in model.state_dict().items()}
+    tensors, tied, first_of = {}, {}, {}
+    for k, v in model.state_dict().items():
+        same = (v.data_ptr(), v.shape, v.stride())
+        if same in first_of:
+            tied[k] = first_of[same]
+            continue
+        first_of[same] = k
+        tensors[k] = v.detach().to(dtype, copy=True).contiguous() if v.is_floating_point() else v.detach().clone()
     meta = {
         "format": FORMAT,
+        "tied": json.dumps(tied),
         "config": json.dumps(model.config.to_dict()),
         "tokenizer": base64.b64encode(tokenizer.model_proto).decode("ascii"),
         "extra": json.dumps(extra or {}),
@@ -115,6 +122,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32,
     try:
         verify_model_file(path)  # before any weight is read; a mismatch is one line and nothing loads
         state = load_file(str(path))
+        for alias, source in json.loads(meta.get("tied", "{}")).items():  # files before 2026-12-07 hold both
+            state[alias] = state[source]
         model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()})
     except (RuntimeError, SafetensorError) as exc:
         raise ModelError(f"model file {path} does not match its config: {str(exc).splitlines()[0]}") from exc
