@@ -121,13 +121,19 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32,
         model = build_model(config)
     try:
         verify_model_file(path)  # before any weight is read; a mismatch is one line and nothing loads
-        state = load_file(str(path))
-        for alias, source in json.loads(meta.get("tied", "{}")).items():  # files before 2026-12-07 hold both
-            state[alias] = state[source]
+        state = _read_state(path, meta)
         model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()})
     except (RuntimeError, SafetensorError) as exc:
         raise ModelError(f"model file {path} does not match its config: {str(exc).splitlines()[0]}") from exc
     return model.to(dtype).eval(), tokenizer
+
+
+def _read_state(path: str | Path, meta: dict) -> dict[str, torch.Tensor]:
+    """A model file's tensors, a tied weight under each of its names (files before 2026-12-07 hold both)."""
+    state = load_file(str(path))
+    for alias, source in json.loads(meta.get("tied", "{}")).items():
+        state[alias] = state[source]
+    return state
 
 
 def _with_right_context(enc: EncoderConfig, right_context_ms: int, path: str | Path) -> WhisperEncoderConfig:
@@ -155,13 +161,18 @@ def average_models(paths: list[str | Path], out: str | Path, extra: dict | None 
     for p, m in zip(paths[1:], metas[1:]):  # the same config, even where two versions wrote it apart
         if read_config(p, m) != config or m["tokenizer"] != metas[0]["tokenizer"]:
             raise ModelError(f"{p} has another config or tokenizer than {paths[0]}: its weights cannot be averaged")
-    states = [load_file(str(p)) for p in paths]
+    states = [_read_state(p, m) for p, m in zip(paths, metas)]
+    tied = {}
+    for m in metas:
+        tied.update(json.loads(m.get("tied", "{}")))
     tensors = {}
     for name, first in states[0].items():
+        if name in tied:  # written once, under its first name
+            continue
         if first.is_floating_point():
             tensors[name] = (sum(s[name].double() for s in states) / len(states)).to(first.dtype).contiguous()
         else:
             tensors[name] = first
     record = dict(extra if extra is not None else json.loads(metas[0].get("extra", "{}")))
     record["average_of"] = [Path(p).name for p in paths]
-    _write_atomically(Path(out), tensors, dict(metas[0], extra=json.dumps(record)))
+    _write_atomically(Path(out), tensors, dict(metas[0], extra=json.dumps(record), tied=json.dumps(tied)))
