@@ -45,8 +45,11 @@ def test_another_round_draws_other_copies_under_other_ids():
         [d for s in many for d in draws(copies(s, Path("/out"), 1))]
 
 
-@pytest.mark.skipif(not (REPO.parent / "shared" / "text" / "ljspeech-sentences.tsv").exists(),
-                    reason="../shared/text (the recipe's text corpus) is absent")
+needs_text = pytest.mark.skipif(not (REPO.parent / "shared" / "text" / "ljspeech-sentences.tsv").exists(),
+                                reason="../shared/text (the recipe's text corpus) is absent")
+
+
+@needs_text
 def test_a_synthetic_round_speaks_other_texts_into_other_files():
     from synthetic_data import plan
 
@@ -58,8 +61,7 @@ def test_a_synthetic_round_speaks_other_texts_into_other_files():
     assert {j["id"] for j in first if j["id"].startswith("syn_LJ")} & committed_ids()
 
 
-@pytest.mark.skipif(not (REPO.parent / "shared" / "text" / "ljspeech-sentences.tsv").exists(),
-                    reason="../shared/text (the recipe's text corpus) is absent")
+@needs_text
 def test_a_short_only_plan_speaks_only_short_texts_into_files_of_its_own():
     from synthetic_data import plan
 

@@ -25,7 +25,7 @@
 #  10 whisper decoder  Whisper base's decoder streaming the ReaLLM way (whisper_decoder/, issue 33): with
 #                 WD_STEPS > 0 fine-tuned from WD_INIT (the committed trained parts) on arm WD_ARM's frames
 #                 and alignments; its trained parts over the shipped encoder -> whisper-stream.safetensors,
-#                 compared with the shipped model at 480 and 720 ms right context       (WD_STEPS/40 + 1 + 25 min)
+#                 compared with the shipped model at 480 and 720 ms right context       (WD_STEPS/27 + 1 + 25 min)
 set -euo pipefail
 RECIPE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$RECIPE/../.." && pwd)

@@ -41,7 +41,7 @@ def save_model(path: str | Path, model: ReaLLM, tokenizer: Tokenizer, dtype: tor
     tensors, tied, first_of = {}, {}, {}
     for k, v in model.state_dict().items():
         same = (v.data_ptr(), v.shape, v.stride())
-        if same in first_of:
+        if v.numel() and same in first_of:  # (empty tensors share no memory, whatever their pointer)
             tied[k] = first_of[same]
             continue
         first_of[same] = k
