@@ -45,8 +45,10 @@ def test_config_is_consistent_and_the_card_describes_it():
     assert rec.options.lead_in_chunks * rec.model.chunk_ms == cfg.lead_in_ms > 0
     assert rec.options.emit_delay_chunks == cfg.emit_delay_chunks
     assert rec.model.frames_per_chunk % cfg.slots_per_chunk == 0
-    # a decoder in Whisper's layout was started from Whisper's, so it reads Whisper's vocabulary
-    assert (cfg.decoder.style == "whisper") == isinstance(rec.tokenizer, WhisperBPETokenizer)
+    # a decoder in Whisper's layout (a cross-attention one always is) was started from Whisper's, so it reads
+    # Whisper's vocabulary
+    whisper_layout = cfg.cross_attention or cfg.decoder.style == "whisper"
+    assert whisper_layout == isinstance(rec.tokenizer, WhisperBPETokenizer)
     assert rec.tokenizer.vocab_size == cfg.decoder.vocab_size
     assert rec.tokenizer.decode(rec.tokenizer.encode("ask not what your country can do")).strip() == \
         "ask not what your country can do"
@@ -176,6 +178,7 @@ def test_file_mode_gives_the_very_words_of_live_streaming_on_real_speech(shared_
     import soundfile as sf
 
     from reallm_cli.audio.source import load_audio
+    from reallm_cli.cross_context import CrossDecoderContext
     from reallm_cli.engine import DecoderContext, Recognizer
     from reallm_cli.model.whisper_encoder import WhisperStreamingEncoder
     from reallm_cli.transcribe import TranscribeOptions, stream_file
@@ -189,11 +192,12 @@ def test_file_mode_gives_the_very_words_of_live_streaming_on_real_speech(shared_
     audio = load_audio(path)  # as the file reader gives it back
 
     rec = Recognizer.load(None)
+    context = CrossDecoderContext if rec.model.config.cross_attention else DecoderContext
     hops, chunks = [], []
-    finish_hops, chunks_ahead = WhisperStreamingEncoder._finish_hops, DecoderContext.chunks_ahead
+    finish_hops, chunks_ahead = WhisperStreamingEncoder._finish_hops, context.chunks_ahead
     monkeypatch.setattr(WhisperStreamingEncoder, "_finish_hops",
                         lambda self, w, todo, spans: hops.append(len(spans)) or finish_hops(self, w, todo, spans))
-    monkeypatch.setattr(DecoderContext, "chunks_ahead",
+    monkeypatch.setattr(context, "chunks_ahead",
                         lambda self, slots: (lambda r: chunks.append(r[0].shape[0]) or r)(chunks_ahead(self, slots)))
     segments = []
     stream_file(rec, str(path), segments.append, TranscribeOptions(pipeline=True))  # as `reallm transcribe`

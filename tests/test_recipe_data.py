@@ -70,3 +70,52 @@ def test_a_short_only_plan_speaks_only_short_texts_into_files_of_its_own():
     assert any(j["id"].startswith("syn_LJ") for j in mixed)
     assert {j["audio"] for j in mixed}.isdisjoint(j["audio"] for j in short)
     assert sum(len(j["text"].split()) == 1 for j in short) > 0.1 * len(short)  # isolated digits among them
+
+
+def test_narrowband_copies_lose_everything_above_4_khz_and_keep_their_text_timing_and_right_context(tmp_path):
+    import json
+
+    import numpy as np
+    import soundfile as sf
+    from narrowband import chosen, main
+
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(40):
+        path = tmp_path / "audio" / f"u{i}.flac"
+        path.parent.mkdir(exist_ok=True)
+        sf.write(path, (0.1 * rng.standard_normal(8000)).astype(np.float32), 16000)  # white: energy to 8 kHz
+        entries.append({"id": f"u{i}", "audio": str(path), "text": f"text {i}", "aug": {"speed": 1.0},
+                        "right_context_ms": 720, "duration": 0.5})
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    picked = chosen(entries, 0.5)
+    assert 10 < len(picked) < 30 and chosen(entries, 0.5) == picked  # a seeded half, the same every time
+    assert {e["id"] for e in chosen(entries, 0.25)} <= {e["id"] for e in picked}  # a smaller share: a subset
+
+    import sys
+    argv, sys.argv = sys.argv, ["narrowband.py", "--data", str(tmp_path), "--share", "train=0.5", "--jobs", "1"]
+    try:
+        assert main() == 0
+    finally:
+        sys.argv = argv
+    lines = [json.loads(x) for x in (tmp_path / "train_narrowband.jsonl").read_text().splitlines()]
+    assert [x["id"] for x in lines] == [e["id"] + "_nb8k" for e in picked]
+    source = {e["id"]: e for e in entries}
+    for x in lines:
+        src = source[x["id"].removesuffix("_nb8k")]
+        assert (x["text"], x["right_context_ms"], x["duration"]) == (src["text"], 720, 0.5)
+        assert x["aug"] == {"speed": 1.0, "narrowband_hz": 8000}
+        y, sr = sf.read(x["audio"], dtype="float32")
+        assert sr == 16000 and len(y) == 8000
+        power = np.abs(np.fft.rfft(y)) ** 2
+        freq = np.fft.rfftfreq(len(y), 1 / sr)
+        assert power[freq > 4100].sum() < 1e-3 * power.sum()  # the band above 4 kHz is gone
+        assert power[(freq > 300) & (freq < 3500)].sum() > 0.5 * power.sum()  # the telephone band stays
+
+
+def test_narrowband_refuses_a_share_outside_0_to_1():
+    from narrowband import parse_shares
+
+    assert parse_shares("train=0.25,train_synthetic_short=1") == {"train": 0.25, "train_synthetic_short": 1.0}
+    with pytest.raises(ValueError, match="within 0..1"):
+        parse_shares("train=1.5")

@@ -10,7 +10,8 @@
 #   1  labels     offline Whisper base (beam 5) labels unlabeled-real -> labels/ (committed)     (6 min)
 #   2  data       real speech at speeds 0.9/1.0/1.1, noise and reverberation; a right context
 #                 drawn per copy (real_data.py); SYNTH_HOURS of offline voices beside it
-#                 (synthetic_data.py), and SHORT_HOURS more of its short texts alone          (2 + 20 min)
+#                 (synthetic_data.py), and SHORT_HOURS more of its short texts alone; NARROWBAND: telephone-
+#                 band (8 kHz) copies of a share of each manifest (narrowband.py)               (2 + 20 min)
 #   3  base       the model the fine-tunes start from: BASE=git takes the previous shipped model
 #                 from git history (BASE_COMMIT); BASE=synthetic rebuilds it from synthetic voices
 #                 over stage 0's encoder (base_synthetic.sh, ~7 h in several sessions)            (seconds)
@@ -22,10 +23,10 @@
 #   8  evaluate   compare.py: the three dev sets beside offline Whisper tiny.en and base         (15 min)
 #   9  word timer a character CTC head over stage 4's frames, for word times finer than the chunk:
 #                 word-timer.safetensors beside the model, offsets from dev-commonvoice (word_timer.py) (20 min)
-#  10 whisper decoder  Whisper base's decoder streaming the ReaLLM way (whisper_decoder/, issue 33): with
-#                 WD_STEPS > 0 fine-tuned from WD_INIT (the committed trained parts) on arm WD_ARM's frames
-#                 and alignments; its trained parts over the shipped encoder -> whisper-stream.safetensors,
-#                 compared with the shipped model at 480 and 720 ms right context       (WD_STEPS/27 + 1 + 25 min)
+#  10 whisper decoder  a candidate: Whisper base's decoder streaming the ReaLLM way (whisper_decoder/, issue 33),
+#                 with WD_STEPS > 0 fine-tuned from WD_INIT (the committed stage-1 parts) on arm WD_ARM's
+#                 frames and alignments; its trained parts over the shipped encoder -> whisper-stream.safetensors,
+#                 compared with the shipped model at 480, 720 and 960 ms right context   (WD_STEPS/40 + 1 + 35 min)
 set -euo pipefail
 RECIPE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$RECIPE/../.." && pwd)
@@ -48,7 +49,10 @@ REALLM_WARMUP=${REALLM_WARMUP:-60} DROPOUT=${DROPOUT:-0.2} THREADS=${THREADS:-2}
 MAX_FRAMES=${MAX_FRAMES:-6000} VOCAB=${VOCAB:-512} SYNTH_HOURS=${SYNTH_HOURS:-2.5}
 SYNTH_VOICES=${SYNTH_VOICES:-}  # empty: every voice of synthetic_data.py
 SHORT_HOURS=${SHORT_HOURS:-0}  # more synthetic short texts (digits, numbers, phrases) on their own, with draws of round ROUND+1000
+NARROWBAND=${NARROWBAND:-}  # e.g. train=0.25,train_synthetic=0.25,train_synthetic_short=1; empty: no 8 kHz copies
+# Candidate C of 2026-12-07 (docs/experiments.md): WD_STEPS=600 on round 1 with SHORT_HOURS=0.8 and NARROWBAND
 WD_INIT=${WD_INIT:-$REPO/weights/candidates/whisper-decoder-stage1.safetensors} WD_STEPS=${WD_STEPS:-0}
+WD_JOINED=${WD_JOINED:-0}  # train.py --joined: rows that join 2-4 utterances into one stream (tried, not kept)
 WD_ARM=${WD_ARM:-c} WD_LR=${WD_LR:-3e-5} WD_SHORT_BOOST=${WD_SHORT_BOOST:-2}
 ROUND=${ROUND:-0}  # stage 2's draws: 0 made the 2026-12-06 data; another round draws other copies and texts
 LABELS=${LABELS:-$RECIPE/labels/unlabeled-real.jsonl}
@@ -92,6 +96,7 @@ if run 2; then
             --manifest train_synthetic_short.jsonl ${SYNTH_VOICES:+--voices "$SYNTH_VOICES"} --jobs "$THREADS" \
             --round $((ROUND + 1000))
     fi
+    [ -z "$NARROWBAND" ] || python "$RECIPE/narrowband.py" --data "$WORK/data" --share "$NARROWBAND" --jobs "$THREADS"
 fi
 if run 3; then
     stamp "3: base ($BASE)"
@@ -143,12 +148,12 @@ if run 10; then
     trained=$WD_INIT
     if [ "$WD_STEPS" != 0 ]; then
         python "$RECIPE/whisper_decoder/train.py" --work "$WORK/train-$WD_ARM" --out "$WORK/wd" --init "$WD_INIT" \
-            --steps "$WD_STEPS" --lr "$WD_LR" --short-boost "$WD_SHORT_BOOST" --threads "$THREADS"
+            --steps "$WD_STEPS" --lr "$WD_LR" --short-boost "$WD_SHORT_BOOST" --joined "$WD_JOINED" --threads "$THREADS"
         trained=$WORK/wd/trained.safetensors
     fi
     [ -f "$WORK/whisper-stream.safetensors" ] || python "$RECIPE/whisper_decoder/export.py" \
         --trained "$trained" --out "$WORK/whisper-stream.safetensors"
     python "$RECIPE/compare.py" --out "$WORK/compare" --shared "$SHARED" --model "$WORK/whisper-stream.safetensors" \
-        --name whisper-stream --model default --name shipped --right-context-ms 480,720 --threads 1
+        --name whisper-stream --model default --name shipped --right-context-ms 480,720,960 --threads 1
 fi
 stamp done
