@@ -49,28 +49,6 @@ def test_a_row_holds_the_pieces_then_one_question_per_chunk():
     assert row["visible"][4:n_text] == [36, 36, 50]  # a piece reads as far as its own chunk's question
 
 
-def test_a_joined_stream_cuts_every_utterance_but_the_last_to_whole_chunks_and_shifts_the_next_ones_chunks():
-    import random
-
-    utts = [{"i": 0, "ids": [5, 6], "chunks": [1, 2], "n": 30},  # 2.5 chunks: cut to 2
-            {"i": 1, "ids": [7], "chunks": [0], "n": 25},
-            {"i": 2, "ids": [8, 9], "chunks": [2, 2], "n": 40}]
-    streams = train.joined(utts, 20, most_frames=80, rng=random.Random(0))
-    assert len(streams) == 20
-    for s in streams:
-        assert 2 <= len(s["parts"]) <= 3 and s["n"] == sum(n for _, n in s["parts"]) <= 80
-        assert all(n % 12 == 0 for _, n in s["parts"][:-1])  # every part but the last ends on a chunk
-        start, expected = 0, []
-        for i, n in s["parts"]:  # each utterance's pieces, in its chunks shifted by what came before
-            last = (start + n) // 12 - 1 if (i, n) != s["parts"][-1] else None
-            shifted = [c + start // 12 for c in utts[i]["chunks"]]
-            expected += [min(c, last) if last is not None else c for c in shifted]
-            start += n
-        assert s["ids"] == [t for i, _ in s["parts"] for t in utts[i]["ids"]] and s["chunks"] == expected
-    rows = train.examples_of(streams[:1], emit_delay=1, n_ctx=64, prompt=PROMPT, blank=BLANK)
-    assert rows[0]["parts"] == streams[0]["parts"] and rows[0]["n"] == streams[0]["n"]
-
-
 def test_training_logits_equal_the_streaming_logits():
     m = small_decoder()
     frames = torch.randn(1, 50, 32)

@@ -52,7 +52,6 @@ SHORT_HOURS=${SHORT_HOURS:-0}  # more synthetic short texts (digits, numbers, ph
 NARROWBAND=${NARROWBAND:-}  # e.g. train=0.25,train_synthetic=0.25,train_synthetic_short=1; empty: no 8 kHz copies
 # Candidate C of 2026-12-07 (docs/experiments.md): WD_STEPS=600 on round 1 with SHORT_HOURS=0.8 and NARROWBAND
 WD_INIT=${WD_INIT:-$REPO/weights/candidates/whisper-decoder-stage1.safetensors} WD_STEPS=${WD_STEPS:-0}
-WD_JOINED=${WD_JOINED:-0}  # train.py --joined: rows that join 2-4 utterances into one stream (tried, not kept)
 WD_ARM=${WD_ARM:-c} WD_LR=${WD_LR:-3e-5} WD_SHORT_BOOST=${WD_SHORT_BOOST:-2}
 ROUND=${ROUND:-0}  # stage 2's draws: 0 made the 2026-12-06 data; another round draws other copies and texts
 LABELS=${LABELS:-$RECIPE/labels/unlabeled-real.jsonl}
@@ -148,7 +147,7 @@ if run 10; then
     trained=$WD_INIT
     if [ "$WD_STEPS" != 0 ]; then
         python "$RECIPE/whisper_decoder/train.py" --work "$WORK/train-$WD_ARM" --out "$WORK/wd" --init "$WD_INIT" \
-            --steps "$WD_STEPS" --lr "$WD_LR" --short-boost "$WD_SHORT_BOOST" --joined "$WD_JOINED" --threads "$THREADS"
+            --steps "$WD_STEPS" --lr "$WD_LR" --short-boost "$WD_SHORT_BOOST" --threads "$THREADS"
         trained=$WORK/wd/trained.safetensors
     fi
     [ -f "$WORK/whisper-stream.safetensors" ] || python "$RECIPE/whisper_decoder/export.py" \

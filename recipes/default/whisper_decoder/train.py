@@ -60,9 +60,7 @@ def sequence(ids: list[int], chunks: list[int], n_frames: int, emit_delay: int, 
             "copy_of": copy_of, "n_text": len(text)}
 
 
-def rows(work: Path, tok: WhisperBPETokenizer) -> tuple[FeatureStore, list[dict]]:
-    """Every aligned utterance of WORK: its store index ``i``, Whisper pieces ``ids``, each piece's chunk, and
-    its frame count ``n``."""
+def rows(work: Path, tok: WhisperBPETokenizer, emit_delay: int, n_ctx: int, prompt: list[int]) -> tuple[FeatureStore, list[dict]]:
     dec_tok = tokenizer_from_bytes((work / "bpe_tokenizer.bin").read_bytes())
     store = FeatureStore(sorted(p for p in (work / "feats").glob("*/*") if p.is_dir()))
     by_id = {u.id: i for i, u in enumerate(store.items)}
@@ -83,43 +81,13 @@ def rows(work: Path, tok: WhisperBPETokenizer) -> tuple[FeatureStore, list[dict]
         except ValueError:
             dropped += 1
             continue
-        out.append({"i": i, "ids": ids, "chunks": chunks, "n": u.n_frames})
+        row = sequence(ids, chunks, u.n_frames, emit_delay, prompt, tok.blank)
+        if len(row["tokens"]) > n_ctx:
+            dropped += 1
+            continue
+        out.append({"i": i, **row})
     print(f"{len(out)} utterances, {dropped} dropped", flush=True)
     return store, out
-
-
-def joined(utts: list[dict], count: int, most_frames: int, rng: random.Random) -> list[dict]:
-    """``count`` streams of two to four utterances one after another, at most ``most_frames`` frames each: what
-    a decoder meets in an endless stream (the next sentence after a pause), which single utterances never
-    show it. Every utterance but the last is cut to whole chunks; the next one's chunks follow on."""
-    out = []
-    while len(out) < count:
-        parts, ids, chunks, n = [], [], [], 0
-        for u in rng.sample(utts, min(len(utts), rng.randint(2, 4))):
-            if n + u["n"] > most_frames:
-                break
-            if parts:  # the previous part ends on a whole chunk
-                cut = parts[-1][1] // FRAMES_PER_CHUNK * FRAMES_PER_CHUNK
-                n -= parts[-1][1] - cut
-                chunks = [min(c, n // FRAMES_PER_CHUNK - 1) for c in chunks]
-                parts[-1] = (parts[-1][0], cut)
-            ids += u["ids"]
-            chunks += [c + n // FRAMES_PER_CHUNK for c in u["chunks"]]
-            parts.append((u["i"], u["n"]))
-            n += u["n"]
-        if len(parts) >= 2:
-            out.append({"parts": parts, "ids": ids, "chunks": chunks, "n": n})
-    return out
-
-
-def examples_of(utts: list[dict], emit_delay: int, n_ctx: int, prompt: list[int], blank: int) -> list[dict]:
-    """Training rows (``sequence``) of utterances or joined streams; those longer than the context are left out."""
-    out = []
-    for u in utts:
-        row = sequence(u["ids"], u["chunks"], u["n"], emit_delay, prompt, blank)
-        if len(row["tokens"]) <= n_ctx:
-            out.append({"parts": u["parts"] if "parts" in u else [(u["i"], u["n"])], **row})
-    return out
 
 
 def batches(examples: list[dict], max_frames: int, rng: random.Random):
@@ -172,8 +140,6 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--short-boost", type=int, default=1, help="draw utterances of at most two words this often")
-    ap.add_argument("--joined", type=float, default=0.0,
-                    help="add this many rows per utterance that join 2-4 utterances into one stream of at most 25 s")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -182,13 +148,10 @@ def main() -> int:
     tok = ascii_subset((args.ct2.parent / "tokenizer.json").read_text())
     m = whisper_base_decoder(args.ct2, tok, args.init)
     prompt = list(range(tok.vocab_size, tok.vocab_size + m.cfg.prompt_tokens))  # CrossAttentionDecoder.embed
-    store, utts = rows(args.work, tok)
-    short = [u for u in utts if len(store.items[u["i"]].text.split()) <= 2]
-    streams = joined(utts, round(args.joined * len(utts)), 25 * 50, random.Random(args.seed))
-    examples = examples_of(utts + short * (args.short_boost - 1) + streams, args.emit_delay, m.cfg.n_ctx, prompt,
-                           tok.blank)
-    print(f"{len(short)} utterances of at most two words, drawn {args.short_boost} times as often; "
-          f"{len(streams)} joined streams; {len(examples)} rows", flush=True)
+    store, examples = rows(args.work, tok, args.emit_delay, m.cfg.n_ctx, prompt)
+    short = [e for e in examples if len(store.items[e["i"]].text.split()) <= 2]
+    examples += short * (args.short_boost - 1)
+    print(f"{len(short)} utterances of at most two words, drawn {args.short_boost} times as often", flush=True)
     params = [p for name, p in m.named_parameters() if name.startswith(TRAINED)]
     for name, p in m.named_parameters():
         p.requires_grad_(name.startswith(TRAINED))
@@ -205,8 +168,7 @@ def main() -> int:
     t0, audio, loss_sum, n_loss = time.time(), 0.0, 0.0, 0
     while step < args.steps:
         batch = [examples[j] for j in next(it)]
-        frames_of = [torch.cat([torch.from_numpy(np.asarray(store.frames(i)[:n], dtype=np.float32)) for i, n in e["parts"]])
-                     for e in batch]
+        frames_of = [torch.from_numpy(np.asarray(store.frames(e["i"]), dtype=np.float32)) for e in batch]
         frames, tokens, positions, targets, visible, mask = collate(frames_of, batch)
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for group in opt.param_groups:
