@@ -25,10 +25,10 @@ from reallm_cli.train.feature_cache import encode_audio
 D = 32
 
 
-def tiny_cross_model(vocab: int, blank_penalty: float, seed: int = 0, n_ctx: int = 96):
+def tiny_cross_model(vocab: int, blank_penalty: float, seed: int = 0, n_ctx: int = 96, window_ms: int = 4800):
     torch.manual_seed(seed)
     enc = WhisperEncoderConfig(d_model=D, n_heads=2, n_layers=2, ffn_dim=2 * D, right_context_ms=720,
-                               hop_ms=480, window_ms=4800, overlap_ms=960)
+                               hop_ms=480, window_ms=window_ms, overlap_ms=960)
     dec = CrossDecoderConfig(vocab_size=vocab, d_model=D, n_layers=2, n_heads=2, ffn_hidden=2 * D, n_ctx=n_ctx,
                              blank_penalty=blank_penalty)
     model = build_model(ReaLLMConfig(encoder=enc, decoder=dec, max_tokens_per_chunk=3, lead_in_ms=480,
@@ -57,43 +57,70 @@ def _stream(rec: Recognizer, audio: np.ndarray, block: int) -> list[tuple[int, i
     return pieces
 
 
+def _stream_frames(model, audio: np.ndarray) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """The encoder's frames of a whole stream (lead-in, audio, end silence) and its windows' overlap frames."""
+    from reallm_cli.audio.features import StreamingLogMel
+
+    cfg, chunk = model.config, model.chunk_ms * 16
+    lead, tail = cfg.lead_in_ms // model.chunk_ms, (cfg.emit_delay_chunks + cfg.end_silence_chunks) * chunk
+    stream = np.concatenate([np.zeros(lead * chunk, np.float32), audio, np.zeros(tail, np.float32)])
+    frames = encode_audio(model.encoder, stream)
+    fe, state = StreamingLogMel(), model.encoder.init_state(1)
+    with torch.inference_mode():
+        model.encoder.step(torch.cat([fe.push(stream), fe.flush()])[None], state)
+        model.encoder.flush(state)
+    return frames, {g: f[0] for g, f in state.overlaps.items()}
+
+
 def _reference(model, tok, audio: np.ndarray) -> list[tuple[int, int]]:
-    """Greedy, one chunk at a time, over the frames of the whole stream (lead-in, audio, end silence)."""
+    """Greedy, one chunk at a time, over the frames of the whole stream (lead-in, audio, end silence), a
+    context per encoder window: at a window's first chunk, a fresh context of the window's own frames of
+    the chunks before it, the pieces already written after those, then the window's frames."""
     cfg, dec, fpc = model.config, model.decoder, model.frames_per_chunk
     lead = cfg.lead_in_ms // model.chunk_ms
-    chunk = model.chunk_ms * 16
-    tail = (cfg.emit_delay_chunks + cfg.end_silence_chunks) * chunk
-    frames = encode_audio(model.encoder, np.concatenate([np.zeros(lead * chunk, np.float32), audio,
-                                                         np.zeros(tail, np.float32)]))
+    frames, overlaps = _stream_frames(model, audio)
     frames = torch.nn.functional.pad(frames, (0, 0, 0, (-frames.shape[0]) % fpc))
-    c, blank, out = dec.cfg, tok.blank, []
+    n_chunks = frames.shape[0] // fpc
+    switches = sorted(g // fpc for g in overlaps if g // fpc < n_chunks)
+    c, blank, out, written = dec.cfg, tok.blank, [], {}
+    starts = [(0, 0, frames)] + [(s, s - overlaps[s * fpc].shape[0] // fpc, torch.cat([overlaps[s * fpc], frames[s * fpc:]]))
+                                 for s in switches]
+    ends = switches + [n_chunks]
     with torch.inference_mode():
-        cache = dec.init_cache(frames.shape[0])
-        dec.add_frames(cache, frames)
-        dec.feed(cache, None, torch.full((c.prompt_tokens,), c.prompt_chunks * fpc), logits=False)
-        last = None
-        for e in range(c.prompt_chunks - 1, frames.shape[0] // fpc):
-            vis = torch.tensor([(e + 1) * fpc])
-            logits, prev = dec.ask(cache, last, vis)[0], None
-            for _ in range(cfg.max_tokens_per_chunk):
-                logits[blank] -= c.blank_penalty
-                if prev is not None:
-                    logits[prev] = float("-inf")
-                y = int(logits.argmax())
-                if y == blank:
-                    break
-                out.append((y, e - lead))
-                last = prev = y
-                logits = dec.feed(cache, torch.tensor([y]), vis)
+        for (begin, first, ctx_frames), end in zip(starts, ends):  # global chunks [begin, end), frames from chunk first
+            cache = dec.init_cache(ctx_frames.shape[0])
+            dec.add_frames(cache, ctx_frames)
+            dec.feed(cache, None, torch.full((c.prompt_tokens,), c.prompt_chunks * fpc), logits=False)
+            last = None
+            for g in range(first, begin):  # the pieces already written after the window's first chunks
+                if written.get(g):
+                    dec.feed(cache, torch.tensor(written[g]), torch.full((len(written[g]),), (g - first + 1) * fpc),
+                             logits=False)
+                    last = written[g][-1]
+            for e in range(max(begin, c.prompt_chunks - 1), end):
+                vis = torch.tensor([(e - first + 1) * fpc])
+                logits, prev = dec.ask(cache, last, vis)[0], None
+                for _ in range(cfg.max_tokens_per_chunk):
+                    logits[blank] -= c.blank_penalty
+                    if prev is not None:
+                        logits[prev] = float("-inf")
+                    y = int(logits.argmax())
+                    if y == blank:
+                        break
+                    out.append((y, e - lead))
+                    written.setdefault(e, []).append(y)
+                    last = prev = y
+                    logits = dec.feed(cache, torch.tensor([y]), vis)
     return out
 
 
 def test_the_engine_streams_as_a_plain_loop_one_chunk_at_a_time(tok):
     model = tiny_cross_model(tok.vocab_size, blank_penalty=-1.6)
-    audio = _audio(3.0)
+    audio = _audio(8.0)  # three encoder windows of 2.88 s: the context restarts on each window's frames
     want = _reference(model, tok, audio)
     writers = {c for _, c in want}
-    assert 3 < len(writers) < 15 and len(want) > len(writers)  # chunks that write, and chunks that do not
+    assert 3 < len(writers) < len(audio) // 3840 and len(want) > len(writers)  # chunks that write, and that do not
+    assert any(c >= 2 * 144 // 12 for _, c in want)  # pieces written in the third window
     rec = Recognizer(model, tok)
     assert _stream(rec, audio, len(audio)) == want
     assert _stream(rec, audio, 1600) == want  # live blocks of 100 ms: the same pieces as the whole file
@@ -167,3 +194,35 @@ def test_no_piece_follows_itself_within_a_chunk(tok, no_repeat):
     per_chunk = Counter(c for _, c in pieces)
     assert {t for t, _ in pieces} == {7}
     assert set(per_chunk.values()) == ({1} if no_repeat else {model.config.max_tokens_per_chunk})
+
+
+def test_a_context_that_writes_nothing_for_a_while_restarts_afresh_at_the_same_chunk_in_any_blocks(tok):
+    """Whisper's decoder can fall silent mid-stream and stay so while its context lasts; a context that wrote
+    nothing for QUIET_RESTART chunks begins afresh (lead-in, prompt). Where it does must not depend on how
+    the audio arrives: file and live blocks restart at the same chunks, and write the same pieces."""
+    from reallm_cli.cross_context import CrossDecoderContext
+
+    model = tiny_cross_model(tok.vocab_size, blank_penalty=-1.0, n_ctx=200, window_ms=9600)  # windows of 7.7 s
+    audio = np.concatenate([_audio(2.0), np.zeros(16000 * 5, np.float32), _audio(2.0, seed=2)])  # a 5 s pause
+    runs = []
+    for block in (len(audio), 1600):
+        rec, begun = Recognizer(model, tok), []
+        s = rec.session()
+        begin = s.decoder._begin
+        s.decoder._begin = lambda chunks, d=s.decoder: (begun.append((d._next, len(chunks))), begin(chunks))[1]
+        pieces = []
+        s._on_piece = lambda t, c: pieces.append((t, c))
+        for i in range(0, len(audio), block):
+            s.push(audio[i:i + block])
+            assert len(s.decoder.chunks) <= s.decoder._limit() + rec.options.chunks_ahead
+        s.flush()
+        runs.append((begun, pieces))
+    (begun, pieces), live = runs
+    assert live == runs[0]
+    lead = model.config.lead_in_ms // model.chunk_ms
+    quiet = [c for c, n in begun if n == lead]  # afresh: the lead-in's chunks alone
+    assert quiet  # nothing written in the QUIET_RESTART chunks before each, a piece just before them
+    for c in quiet:
+        written = [p + lead for _, p in pieces if p + lead < c]
+        assert written and max(written) == c - CrossDecoderContext.QUIET_RESTART - 1
+    assert any(p + lead > quiet[0] for _, p in pieces)  # and it writes again after the pause

@@ -282,3 +282,33 @@ def test_many_hops_in_one_pass_equal_one_hop_at_a_time(rc_chunks, hop_chunks, mo
     reference = stream(model, mel, sizes=[901])
     assert in_one_block.shape == reference.shape == (1, 451, 32)
     assert (in_one_block - reference).abs().max().item() < 1e-5
+
+
+def test_a_window_keeps_its_own_frames_of_the_audio_it_re_encodes():
+    """state.overlaps[g]: window k's final frames of the frames before g, where it begins to emit. They are
+    what a stream whose frames start at window k's start computes first (the same inputs at positions 0 ..),
+    and streaming in blocks keeps the same ones; only the last two windows' are kept."""
+    from reallm_cli.model.whisper_config import window_emit_range, window_start_frame
+
+    model = small(right_context_ms=720, hop_ms=480, window_ms=4800, overlap_ms=960)
+    cfg = model.config
+    mel = torch.randn(1, 1600, 80)  # 16 s: several windows of 2.88 s stride
+    with torch.no_grad():
+        x, _ = model.conv_stem(mel, torch.tensor([1600]))
+        state = model.init_state(1)
+        model._feed(x, state, final=True)
+        starts = [window_emit_range(cfg, k)[0] for k in range(1, 6)]
+        assert sorted(state.overlaps) == [g for g in starts if g < x.shape[1]][-2:]
+        for g in state.overlaps:
+            k = starts.index(g) + 1
+            a = window_start_frame(cfg, k)
+            fresh = model._feed(x[:, a:], model.init_state(1), final=True)  # window 0 of a stream from there
+            assert state.overlaps[g].shape == (1, cfg.overlap_frames, cfg.d_model)
+            torch.testing.assert_close(state.overlaps[g], fresh[:, :g - a], atol=1e-5, rtol=1e-5)
+        blocks = model.init_state(1)
+        for i in range(0, 1600, 24):
+            model.step(mel[:, i:i + 24], blocks)
+        model.flush(blocks)
+        assert sorted(blocks.overlaps) == sorted(state.overlaps)
+        for g in state.overlaps:
+            torch.testing.assert_close(blocks.overlaps[g], state.overlaps[g], atol=1e-5, rtol=1e-5)

@@ -8,9 +8,18 @@ one call. The decoder's greedy rules live here, so that the engine's argmax read
 them: BLANK's logit is lowered by ``blank_penalty``, and with ``no_repeat`` a piece cannot follow itself
 within one chunk.
 
-A restart (the context holds ``context_chunks`` chunks, or the text nearly fills the decoder's positions)
-begins a fresh context as the stream began: the lead-in's frames, the prompt, then the last
-``carry_chunks`` chunks with the pieces written after them.
+Whisper's decoder knows where it is in the audio by the frames' positions, so a context must not hold
+frames whose positions jump back. A Whisper encoder's window restarts them at 0 every ``stride`` frames
+(``model.whisper_encoder``): there the context restarts too, on the new window's own frames of the audio it
+re-encodes (positions 0 .. overlap, ``WhisperStreamState.overlaps``), with the pieces already written after
+those chunks, the prompt reading the first of them, as a training utterance begins. So a context is at
+most one encoder window, and ``context_chunks`` does not cut it shorter. Other restarts begin a fresh
+context as the stream began, the lead-in's frames and the prompt: after ``QUIET_RESTART`` chunks without a
+piece (Whisper's decoder can fall silent mid-stream and stay so while its context lasts; in a pause a
+restart costs nothing), and then alone; or, with the last ``carry_chunks`` chunks and the pieces written
+after them, when an encoder without windows holds ``context_chunks`` chunks or the text nearly fills the
+decoder's positions. Every restart falls on a chunk fixed by the stream alone, so any block size writes
+the same pieces.
 """
 
 from __future__ import annotations
@@ -18,23 +27,51 @@ from __future__ import annotations
 import torch
 
 from reallm_cli.model.cross_decoder import CrossCache
+from reallm_cli.model.whisper_config import WhisperEncoderConfig, window_emit_range
 
 
 class CrossDecoderContext:
-    def __init__(self, recognizer) -> None:
+    def __init__(self, recognizer, encoder_stage=None) -> None:
+        """``encoder_stage`` (``engine.EncoderStage``): where a Whisper encoder's window frames are read at
+        a window restart; None restarts as an encoder without windows."""
         self._recognizer = recognizer
         self._decoder = recognizer.model.decoder
         self._cfg = self._decoder.cfg
         self._opts = recognizer.options
         self._fpc = recognizer.model.frames_per_chunk
         self._blank = recognizer.tokenizer.blank
+        self._stage = encoder_stage
+        enc = recognizer.model.encoder.config
+        self._windows = enc if isinstance(enc, WhisperEncoderConfig) and encoder_stage is not None else None
+        self._window = 1  # the next window to restart on
+        self._next = 0  # the stream's index of the next chunk fed (the lead-in's first is 0)
+        self._written: dict[int, list[int]] = {}  # the stream's chunk -> pieces, of the last two windows
+        self._quiet_from = 0  # the stream's chunk the context began at
         self.chunks: list[tuple[torch.Tensor, list[int]]] = []  # (frames (F, D), pieces)
         self._prompted = False
         self._last: int | None = None  # the context's last piece (None: the prompt's end)
         self.kv = self._new_cache()
 
+    def _limit(self) -> int:
+        """Chunks a context may hold: a whole window's (the first holds most), else ``context_chunks``."""
+        if self._windows is None:
+            return self._opts.context_chunks
+        return -(-window_emit_range(self._windows, 0)[1] // self._fpc)
+
+    def _switch(self) -> int | None:
+        """The stream's chunk where the next window's frames begin (None without windows)."""
+        if self._windows is None:
+            return None
+        return window_emit_range(self._windows, self._window)[0] // self._fpc
+
+    QUIET_RESTART = 12  # chunks without a piece after which a context restarts afresh (2.88 s)
+
+    def _wake(self) -> int:
+        """The stream's chunk at which a context that wrote nothing since restarts afresh."""
+        return max(self._quiet_from, max(self._written, default=-1) + 1) + self.QUIET_RESTART
+
     def _new_cache(self) -> CrossCache:
-        most = self._opts.context_chunks + self._opts.chunks_ahead  # a pass may read this far ahead of a restart
+        most = self._limit() + self._opts.chunks_ahead  # a pass may read this far ahead of a restart
         return self._decoder.init_cache(most * self._fpc)
 
     def _rules(self, logits: torch.Tensor) -> torch.Tensor:
@@ -58,17 +95,25 @@ class CrossDecoderContext:
 
     def _full(self) -> bool:
         room = self._cfg.n_ctx - self.kv.n - self._opts.max_tokens_per_chunk
-        return len(self.chunks) >= self._opts.context_chunks or room <= 0
+        return len(self.chunks) >= self._limit() or room <= 0
 
     def chunks_ahead(self, slots: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """Feed the frames (n, F, D) of the next chunks, as many as ``DecodeOptions.chunks_ahead`` allows,
-        restarting a full context first; returns each chunk's logits (k, V) and whether it restarted. A chunk
-        before the prompt's last answers BLANK."""
-        restart = self._full()
-        if restart:
+        """Feed the frames (n, F, D) of the next chunks, as many as ``DecodeOptions.chunks_ahead`` allows
+        and never past the next restart, restarting first where one is due; returns each chunk's logits
+        (k, V) and whether it restarted. A chunk before the prompt's last answers BLANK."""
+        switch, wake = self._switch(), self._wake()
+        restart = self._next in (switch, wake) or self._full()
+        if self._next == switch:
+            self._restart_on_window(switch)
+        elif self._next == wake:
+            self._restart(carry=False)
+        elif restart:
             self._restart()
-        k = max(1, min(slots.shape[0], self._opts.chunks_ahead, self._opts.context_chunks - len(self.chunks)))
+        switch = self._switch()
+        room = self._limit() - len(self.chunks) if switch is None else switch - self._next
+        k = max(1, min(slots.shape[0], self._opts.chunks_ahead, room, self._wake() - self._next))
         first = len(self.chunks)
+        self._next += k
         self._decoder.add_frames(self.kv, slots[:k].reshape(-1, slots.shape[-1]))
         self.chunks.extend((s.clone(), []) for s in slots[:k])
         logits = torch.full((k, self._cfg.vocab_size), float("-inf"))
@@ -86,21 +131,40 @@ class CrossDecoderContext:
         if n:
             self._decoder.drop_frames(self.kv, n * self._fpc)
             del self.chunks[-n:]
+            self._next -= n
 
     def piece(self, token: int) -> torch.Tensor:
         """A piece written after the latest chunk; returns the next logits (1, 1, V)."""
         self.chunks[-1][1].append(token)
+        self._written.setdefault(self._next - 1, []).append(token)
         self._last = token
         logits = self._rules(self._decoder.feed(self.kv, torch.tensor([token]), self._seen(len(self.chunks) - 1)))
         if self._cfg.no_repeat:
             logits[token] = float("-inf")
         return logits.view(1, 1, -1)
 
-    def _restart(self) -> None:
-        carried = self.chunks[len(self.chunks) - self._opts.carry_chunks:]
-        lead = self._recognizer.lead_in_embeddings()
-        self.chunks = [(f, []) for f in lead] + carried
+    def _restart_on_window(self, switch: int) -> None:
+        """A fresh context on the new window's frames of the chunks before ``switch`` (positions from 0),
+        with the pieces written after those chunks; the prompt reads the first of them."""
+        frames = self._stage.state.overlaps.get(switch * self._fpc)
+        self._window += 1
+        if frames is None:  # no window frames to restart on (the stream ended): as without windows
+            return self._restart()
+        n = frames.shape[1] // self._fpc
+        first = switch - n
+        self._written = {c: p for c, p in self._written.items() if c >= first}
+        self._begin([(frames[0, j * self._fpc:(j + 1) * self._fpc], list(self._written.get(first + j, [])))
+                     for j in range(n)])
+
+    def _restart(self, carry: bool = True) -> None:
+        carried = self.chunks[len(self.chunks) - self._opts.carry_chunks:] if carry else []
+        self._begin([(f, []) for f in self._recognizer.lead_in_embeddings()] + carried)
+
+    def _begin(self, chunks: list[tuple[torch.Tensor, list[int]]]) -> None:
+        """A fresh context of these chunks (frames, pieces): their frames, the prompt, their pieces."""
+        self.chunks = chunks
         self.kv, self._prompted, self._last = self._new_cache(), False, None
+        self._quiet_from = self._next
         if self.chunks:
             self._decoder.add_frames(self.kv, torch.cat([f for f, _ in self.chunks]))
         self._prompt()

@@ -272,7 +272,8 @@ class Session:
         self._opts = recognizer.options
         self._chunk_s = model.chunk_ms / 1000
         self.encoder = EncoderStage(model)
-        self.decoder = CrossDecoderContext(recognizer) if model.config.cross_attention else DecoderContext(recognizer)
+        self.decoder = (CrossDecoderContext(recognizer, self.encoder) if model.config.cross_attention
+                        else DecoderContext(recognizer))
         self.emission = Emission(model, recognizer.tokenizer, self._opts, recognizer.word_timer)
         self.stats = SessionStats()
         self.chunks_done = 0  # the stream's clock: index of the next chunk to decode, lead-in included

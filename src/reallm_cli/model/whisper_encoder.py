@@ -69,6 +69,7 @@ class WindowState:
     layers: list[LayerCache]
     todo: torch.Tensor  # (B, t, D) inputs fed and not yet finished (the current hop and its right context)
     n_fed: int = 0  # frames fed (positions 0 .. n_fed-1)
+    overlap: list[torch.Tensor] = field(default_factory=list)  # final frames before emit_start, not emitted
 
 
 @dataclass
@@ -82,6 +83,9 @@ class WhisperStreamState:
     n_emitted: int = 0  # output frames returned so far
     n_mel: int = 0  # mel frames pushed
     finished: bool = False
+    # A window's own final frames of the audio it re-encodes before it emits (positions 0 ..), by the global
+    # frame it emits from: a decoder that reads frames by their positions restarts on them (cross_context).
+    overlaps: dict[int, torch.Tensor] = field(default_factory=dict)  # (B, overlap frames, D); the last two
 
 
 # ----------------------------------------------------------------------------------------- the encoder
@@ -246,13 +250,13 @@ class WhisperStreamingEncoder(nn.Module):
             cut = min([last, window_start_frame(cfg, state.next_window)]
                       + [w.start_frame + cfg.window_frames for w in state.windows])
             for w in state.windows:
-                pieces.append(self._window_push(w, x[:, a - first:cut - first], final=False))
+                pieces.append(self._window_push(w, x[:, a - first:cut - first], final=False, state=state))
             state.windows = [w for w in state.windows if w.n_fed < cfg.window_frames]
             a = cut
         state.n_fed = last
         if final:
             for w in state.windows:
-                pieces.append(self._window_push(w, x[:, :0], final=True))
+                pieces.append(self._window_push(w, x[:, :0], final=True, state=state))
             state.windows = []
         out = [state.pending.new_zeros(state.pending.shape[0], 0, cfg.d_model)]
         for start, y in pieces:
@@ -264,9 +268,11 @@ class WhisperStreamingEncoder(nn.Module):
             state.n_emitted += y.shape[1]
         return torch.cat(out, dim=1)
 
-    def _window_push(self, w: WindowState, x: torch.Tensor, final: bool) -> tuple[int, torch.Tensor]:
+    def _window_push(self, w: WindowState, x: torch.Tensor, final: bool,
+                     state: WhisperStreamState) -> tuple[int, torch.Tensor]:
         """New frames (B, n, D) into one window; finish every hop whose right context is in (all of them
-        once no more frames come); return (global start, the emitted frames among those finished)."""
+        once no more frames come); return (global start, the emitted frames among those finished). The
+        finished frames before the window's emit range are kept in ``state.overlaps`` once all are in."""
         cfg = self.config
         hop, rc = cfg.hop_ms // FRAME_MS, cfg.right_context_ms // FRAME_MS
         x = x + self.positional_embedding[w.n_fed:w.n_fed + x.shape[1]].to(x.dtype)
@@ -284,6 +290,11 @@ class WhisperStreamingEncoder(nn.Module):
             a0 = group[0][0]
             outs.append(self._finish_hops(w, todo[:, a0:], [(a - a0, n, r) for a, n, r in group]))
         y = torch.cat(outs, dim=1)
+        if g0 < w.emit_start:
+            w.overlap.append(self.ln_post(y[:, :w.emit_start - g0]))
+            if g0 + y.shape[1] >= w.emit_start:
+                state.overlaps = {k: v for k, v in state.overlaps.items() if k > w.emit_start - 2 * cfg.stride_frames}
+                state.overlaps[w.emit_start], w.overlap = torch.cat(w.overlap, dim=1), []
         lo, hi = max(w.emit_start, g0), min(w.emit_end, g0 + y.shape[1])
         if hi <= lo:
             return lo, y[:, :0]
