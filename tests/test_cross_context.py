@@ -74,31 +74,37 @@ def _stream_frames(model, audio: np.ndarray) -> tuple[torch.Tensor, dict[int, to
 
 def _reference(model, tok, audio: np.ndarray) -> list[tuple[int, int]]:
     """Greedy, one chunk at a time, over the frames of the whole stream (lead-in, audio, end silence), a
-    context per encoder window: at a window's first chunk, a fresh context of the window's own frames of
-    the chunks before it, the pieces already written after those, then the window's frames."""
+    context per encoder window: at a window's first chunk, a fresh context of the lead-in's frames, the
+    window's own frames of the last carried chunks before it, the pieces already written after those, then
+    the window's frames."""
     cfg, dec, fpc = model.config, model.decoder, model.frames_per_chunk
+    rec = Recognizer(model, tok)
     lead = cfg.lead_in_ms // model.chunk_ms
+    carry = min(rec.options.carry_chunks, model.encoder.config.overlap_frames // fpc)  # what a window has of them
+    silence = torch.cat(rec.lead_in_embeddings())
     frames, overlaps = _stream_frames(model, audio)
     frames = torch.nn.functional.pad(frames, (0, 0, 0, (-frames.shape[0]) % fpc))
     n_chunks = frames.shape[0] // fpc
     switches = sorted(g // fpc for g in overlaps if g // fpc < n_chunks)
     c, blank, out, written = dec.cfg, tok.blank, [], {}
-    starts = [(0, 0, frames)] + [(s, s - overlaps[s * fpc].shape[0] // fpc, torch.cat([overlaps[s * fpc], frames[s * fpc:]]))
+    # (first chunk decoded, the stream's chunk at the context's position lead, the context's frames)
+    starts = [(0, 0, frames)] + [(s, s - carry, torch.cat([silence, overlaps[s * fpc][-carry * fpc:], frames[s * fpc:]]))
                                  for s in switches]
     ends = switches + [n_chunks]
     with torch.inference_mode():
-        for (begin, first, ctx_frames), end in zip(starts, ends):  # global chunks [begin, end), frames from chunk first
+        for (begin, first, ctx_frames), end in zip(starts, ends):  # the stream's chunks [begin, end)
+            shift = 0 if begin == 0 else lead - first  # context chunk = the stream's chunk + shift
             cache = dec.init_cache(ctx_frames.shape[0])
             dec.add_frames(cache, ctx_frames)
             dec.feed(cache, None, torch.full((c.prompt_tokens,), c.prompt_chunks * fpc), logits=False)
             last = None
-            for g in range(first, begin):  # the pieces already written after the window's first chunks
+            for g in range(first, begin):  # the pieces already written after the carried chunks
                 if written.get(g):
-                    dec.feed(cache, torch.tensor(written[g]), torch.full((len(written[g]),), (g - first + 1) * fpc),
+                    dec.feed(cache, torch.tensor(written[g]), torch.full((len(written[g]),), (g + shift + 1) * fpc),
                              logits=False)
                     last = written[g][-1]
             for e in range(max(begin, c.prompt_chunks - 1), end):
-                vis = torch.tensor([(e - first + 1) * fpc])
+                vis = torch.tensor([(e + shift + 1) * fpc])
                 logits, prev = dec.ask(cache, last, vis)[0], None
                 for _ in range(cfg.max_tokens_per_chunk):
                     logits[blank] -= c.blank_penalty

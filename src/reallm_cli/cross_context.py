@@ -9,17 +9,16 @@ them: BLANK's logit is lowered by ``blank_penalty``, and with ``no_repeat`` a pi
 within one chunk.
 
 Whisper's decoder knows where it is in the audio by the frames' positions, so a context must not hold
-frames whose positions jump back. A Whisper encoder's window restarts them at 0 every ``stride`` frames
-(``model.whisper_encoder``): there the context restarts too, on the new window's own frames of the audio it
-re-encodes (positions 0 .. overlap, ``WhisperStreamState.overlaps``), with the pieces already written after
-those chunks, the prompt reading the first of them, as a training utterance begins. So a context is at
-most one encoder window, and ``context_chunks`` does not cut it shorter. Other restarts begin a fresh
-context as the stream began, the lead-in's frames and the prompt: after ``QUIET_RESTART`` chunks without a
-piece (Whisper's decoder can fall silent mid-stream and stay so while its context lasts; in a pause a
-restart costs nothing), and then alone; or, with the last ``carry_chunks`` chunks and the pieces written
-after them, when an encoder without windows holds ``context_chunks`` chunks or the text nearly fills the
-decoder's positions. Every restart falls on a chunk fixed by the stream alone, so any block size writes
-the same pieces.
+frames whose positions jump back. A Whisper encoder's window restarts them every ``stride`` frames
+(``model.whisper_encoder``): there the context restarts too, as the stream began (the lead-in's frames
+and the prompt), then the new window's own frames of the last ``carry_chunks`` chunks before it (which it
+re-encodes, ``WhisperStreamState.overlaps``) with the pieces already written after them. So a context is at
+most one encoder window, its positions only rise, and ``context_chunks`` does not cut it shorter. A context
+also begins afresh (lead-in and prompt alone) after ``QUIET_RESTART`` chunks without a piece: Whisper's
+decoder can fall silent mid-stream and stay so while its context lasts, and in a pause a restart costs
+nothing. With an encoder without windows, a context holding ``context_chunks`` chunks restarts with the last
+``carry_chunks`` chunks, as does one whose text nearly fills the decoder's positions. Every restart falls on
+a chunk fixed by the stream alone, so any block size writes the same pieces.
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ class CrossDecoderContext:
         self._windows = enc if isinstance(enc, WhisperEncoderConfig) and encoder_stage is not None else None
         self._window = 1  # the next window to restart on
         self._next = 0  # the stream's index of the next chunk fed (the lead-in's first is 0)
-        self._written: dict[int, list[int]] = {}  # the stream's chunk -> pieces, of the last two windows
+        self._written: dict[int, list[int]] = {}  # the stream's chunk -> pieces, since the context began
         self._quiet_from = 0  # the stream's chunk the context began at
         self.chunks: list[tuple[torch.Tensor, list[int]]] = []  # (frames (F, D), pieces)
         self._prompted = False
@@ -144,17 +143,17 @@ class CrossDecoderContext:
         return logits.view(1, 1, -1)
 
     def _restart_on_window(self, switch: int) -> None:
-        """A fresh context on the new window's frames of the chunks before ``switch`` (positions from 0),
-        with the pieces written after those chunks; the prompt reads the first of them."""
+        """A fresh context at ``switch``, the new window's first chunk: the lead-in's frames, the prompt,
+        then the window's own frames of the last ``carry_chunks`` chunks before it (positions below the
+        window's next ones) with the pieces written after those chunks."""
         frames = self._stage.state.overlaps.get(switch * self._fpc)
         self._window += 1
         if frames is None:  # no window frames to restart on (the stream ended): as without windows
             return self._restart()
-        n = frames.shape[1] // self._fpc
-        first = switch - n
-        self._written = {c: p for c, p in self._written.items() if c >= first}
-        self._begin([(frames[0, j * self._fpc:(j + 1) * self._fpc], list(self._written.get(first + j, [])))
-                     for j in range(n)])
+        n = min(frames.shape[1] // self._fpc, self._opts.carry_chunks)
+        tail = frames[0, frames.shape[1] - n * self._fpc:]
+        carried = [(tail[j * self._fpc:(j + 1) * self._fpc], list(self._written.get(switch - n + j, []))) for j in range(n)]
+        self._begin([(f, []) for f in self._recognizer.lead_in_embeddings()] + carried)
 
     def _restart(self, carry: bool = True) -> None:
         carried = self.chunks[len(self.chunks) - self._opts.carry_chunks:] if carry else []
@@ -165,6 +164,7 @@ class CrossDecoderContext:
         self.chunks = chunks
         self.kv, self._prompted, self._last = self._new_cache(), False, None
         self._quiet_from = self._next
+        self._written = {c: p for c, p in self._written.items() if c >= self._next - len(chunks)}  # bounded
         if self.chunks:
             self._decoder.add_frames(self.kv, torch.cat([f for f, _ in self.chunks]))
         self._prompt()
