@@ -30,6 +30,8 @@ from reallm_cli.model.whisper_config import WhisperEncoderConfig, window_emit_ra
 
 
 class CrossDecoderContext:
+    QUIET_RESTART = 12  # chunks without a piece after which a context begins afresh (2.88 s; 8 was worse)
+
     def __init__(self, recognizer, encoder_stage=None) -> None:
         """``encoder_stage`` (``engine.EncoderStage``): where a Whisper encoder's window frames are read at
         a window restart; None restarts as an encoder without windows."""
@@ -62,8 +64,6 @@ class CrossDecoderContext:
         if self._windows is None:
             return None
         return window_emit_range(self._windows, self._window)[0] // self._fpc
-
-    QUIET_RESTART = 12  # chunks without a piece after which a context restarts afresh (2.88 s)
 
     def _wake(self) -> int:
         """The stream's chunk at which a context that wrote nothing since restarts afresh."""
