@@ -49,6 +49,18 @@ def test_a_row_holds_the_pieces_then_one_question_per_chunk():
     assert row["visible"][4:n_text] == [36, 36, 50]  # a piece reads as far as its own chunk's question
 
 
+def test_a_mid_utterance_row_is_what_a_restarted_context_sees_and_learns_only_past_the_carried_chunks():
+    e = {"i": 3, "ids": [5, 6, 7, 8], "chunks": [1, 9, 11, 13], "n": 170}
+    e.update(train.sequence(e["ids"], e["chunks"], e["n"], emit_delay=1, prompt=PROMPT, blank=BLANK))
+    row = train.mid_start(e, cut=10, lead=torch.zeros(24, 8), carry=8, emit_delay=1, prompt=PROMPT, blank=BLANK)
+    assert (row["i"], row["start"], row["n"]) == (3, 24, 24 + 170 - 24)  # the lead-in, then chunk 2 on
+    n_text = len(PROMPT) + 3  # piece 5 (chunk 1) is before the carried chunks 2 .. 9
+    assert row["tokens"][:n_text] == PROMPT + [6, 7, 8]
+    # the carried chunk's piece (6, now chunk 9) and the questions of the lead-in and carried chunks: no loss
+    assert row["targets"][:n_text] == [-100] * 4 + [-100, BLANK, BLANK]
+    assert row["targets"][n_text:] == [-100] * 10 + [BLANK, 7, BLANK, 8, BLANK]
+
+
 def test_training_logits_equal_the_streaming_logits():
     m = small_decoder()
     frames = torch.randn(1, 50, 32)

@@ -85,9 +85,39 @@ def rows(work: Path, tok: WhisperBPETokenizer, emit_delay: int, n_ctx: int, prom
         if len(row["tokens"]) > n_ctx:
             dropped += 1
             continue
-        out.append({"i": i, **row})
+        out.append({"i": i, "ids": ids, "chunks": chunks, **row})
     print(f"{len(out)} utterances, {dropped} dropped", flush=True)
     return store, out
+
+
+def lead_in_frames(chunks: int) -> torch.Tensor:
+    """The shipped encoder's frames (chunks * 12, D) of the engine's lead-in: digital silence at a stream's start."""
+    from reallm_cli.audio.features import StreamingLogMel
+    from reallm_cli.engine import Recognizer
+    from reallm_cli.timebase import SAMPLE_RATE
+
+    enc = Recognizer.load(None, precision="fp32").model.encoder
+    silence = np.zeros(round(((chunks + 1) * enc.chunk_ms + enc.wait_ms) * SAMPLE_RATE / 1000), np.float32)
+    with torch.inference_mode():
+        frames, _ = enc.step(StreamingLogMel().push(silence)[None], enc.init_state(1))
+    return frames[0, :chunks * FRAMES_PER_CHUNK].clone()
+
+
+def mid_start(e: dict, cut: int, lead: torch.Tensor, carry: int, emit_delay: int, prompt: list[int], blank: int) -> dict:
+    """Utterance row ``e`` as a context restarted at chunk ``cut`` sees it (``cross_context``): the lead-in's
+    frames, then the utterance's own from chunk cut - carry on, the carried chunks' pieces given (no loss)."""
+    first, n_lead = cut - carry, lead.shape[0] // FRAMES_PER_CHUNK
+    kept = [(t, c) for t, c in zip(e["ids"], e["chunks"]) if c >= first]
+    chunks = [c - first + n_lead for _, c in kept]
+    row = sequence([t for t, _ in kept], chunks, lead.shape[0] + e["n"] - first * FRAMES_PER_CHUNK, emit_delay,
+                   prompt, blank)
+    given, targets = n_lead + carry, row["targets"]
+    for j, c in enumerate(chunks):
+        if c < given:
+            targets[len(prompt) + j] = -100
+    for c in range(given):
+        targets[row["n_text"] + c] = -100
+    return {"i": e["i"], "start": first * FRAMES_PER_CHUNK, "lead": True, **row}
 
 
 def batches(examples: list[dict], max_frames: int, rng: random.Random):
@@ -140,6 +170,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--short-boost", type=int, default=1, help="draw utterances of at most two words this often")
+    ap.add_argument("--mid-starts", type=float, default=0.0,
+                    help="add this many rows per utterance that begin mid-utterance, as a restarted context does")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -152,6 +184,13 @@ def main() -> int:
     short = [e for e in examples if len(store.items[e["i"]].text.split()) <= 2]
     examples += short * (args.short_boost - 1)
     print(f"{len(short)} utterances of at most two words, drawn {args.short_boost} times as often", flush=True)
+    if args.mid_starts:
+        lead, rng, carry = lead_in_frames(2), random.Random(args.seed), 8  # as the engine's restarts
+        long_enough = [e for e in examples if e["n"] >= (carry + 4) * FRAMES_PER_CHUNK]
+        mids = [mid_start(e, rng.randrange(carry, -(-e["n"] // FRAMES_PER_CHUNK) - 2), lead, carry, args.emit_delay,
+                          prompt, tok.blank) for e in rng.choices(long_enough, k=round(args.mid_starts * len(examples)))]
+        examples += mids
+        print(f"{len(mids)} rows that begin mid-utterance", flush=True)
     params = [p for name, p in m.named_parameters() if name.startswith(TRAINED)]
     for name, p in m.named_parameters():
         p.requires_grad_(name.startswith(TRAINED))
@@ -169,6 +208,7 @@ def main() -> int:
     while step < args.steps:
         batch = [examples[j] for j in next(it)]
         frames_of = [torch.from_numpy(np.asarray(store.frames(e["i"]), dtype=np.float32)) for e in batch]
+        frames_of = [torch.cat([lead, f[e["start"]:]]) if e.get("lead") else f for f, e in zip(frames_of, batch)]
         frames, tokens, positions, targets, visible, mask = collate(frames_of, batch)
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for group in opt.param_groups:
