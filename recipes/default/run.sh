@@ -24,7 +24,7 @@
 #   9  word timer a character CTC head over stage 4's frames, for word times finer than the chunk:
 #                 word-timer.safetensors beside the model, offsets from dev-commonvoice (word_timer.py) (20 min)
 #  10 whisper decoder  a candidate: Whisper base's decoder streaming the ReaLLM way (whisper_decoder/, issue 33),
-#                 with WD_STEPS > 0 fine-tuned from WD_INIT (the committed stage-1 parts) on arm WD_ARM's
+#                 with WD_STEPS > 0 fine-tuned from WD_INIT (the committed candidate parts) on arm WD_ARM's
 #                 frames and alignments; its trained parts over the shipped encoder -> whisper-stream.safetensors,
 #                 compared with the shipped model at 480, 720 and 960 ms right context   (WD_STEPS/40 + 1 + 35 min)
 set -euo pipefail
@@ -50,8 +50,8 @@ MAX_FRAMES=${MAX_FRAMES:-6000} VOCAB=${VOCAB:-512} SYNTH_HOURS=${SYNTH_HOURS:-2.
 SYNTH_VOICES=${SYNTH_VOICES:-}  # empty: every voice of synthetic_data.py
 SHORT_HOURS=${SHORT_HOURS:-0}  # more synthetic short texts (digits, numbers, phrases) on their own, with draws of round ROUND+1000
 NARROWBAND=${NARROWBAND:-}  # e.g. train=0.25,train_synthetic=0.25,train_synthetic_short=1; empty: no 8 kHz copies
-# Candidate C of 2026-12-07 (docs/experiments.md): WD_STEPS=600 on round 1 with SHORT_HOURS=0.8 and NARROWBAND
-WD_INIT=${WD_INIT:-$REPO/weights/candidates/whisper-decoder-stage1.safetensors} WD_STEPS=${WD_STEPS:-0}
+# The candidate's parts (E of 2026-12-07: recipes/default/whisper_decoder/README.md says how they were made)
+WD_INIT=${WD_INIT:-$REPO/weights/candidates/whisper-decoder.safetensors} WD_STEPS=${WD_STEPS:-0}
 WD_ARM=${WD_ARM:-c} WD_LR=${WD_LR:-3e-5} WD_SHORT_BOOST=${WD_SHORT_BOOST:-2}
 ROUND=${ROUND:-0}  # stage 2's draws: 0 made the 2026-12-06 data; another round draws other copies and texts
 LABELS=${LABELS:-$RECIPE/labels/unlabeled-real.jsonl}

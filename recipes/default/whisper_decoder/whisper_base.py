@@ -23,7 +23,7 @@ PROMPT = (50258, 50259, 50359, 50363)  # Whisper ids
 NOCAPTIONS = 50362  # Whisper's id for what becomes BLANK
 FRAMES_PER_CHUNK = 12  # 240 ms of 20 ms encoder frames
 TRAINED = ("layers.", "norm.")  # what training changes; embeddings, prompt and positions stay Whisper's
-# names of the stage-1 prototype's trained parts (weights/candidates/whisper-decoder-stage1.safetensors)
+# names of the stage-1 prototype's trained parts (`git show 8fb8b39:weights/candidates/whisper-decoder-stage1.safetensors`)
 _PROTOTYPE_NAMES = {"sa_ln": "sa_norm", "sa_o": "sa_out", "ca_ln": "ca_norm", "ca_o": "ca_out", "ff_ln": "ffn_norm"}
 
 
