@@ -20,7 +20,6 @@ from reallm_cli.model.cross_decoder import CrossDecoderConfig
 from reallm_cli.model.presets import placeholder_tokenizer
 from reallm_cli.model.reallm import ReaLLMConfig
 from reallm_cli.model.whisper_config import WhisperEncoderConfig
-from reallm_cli.train.feature_cache import encode_audio
 
 D = 32
 
@@ -64,12 +63,11 @@ def _stream_frames(model, audio: np.ndarray) -> tuple[torch.Tensor, dict[int, to
     cfg, chunk = model.config, model.chunk_ms * 16
     lead, tail = cfg.lead_in_ms // model.chunk_ms, (cfg.emit_delay_chunks + cfg.end_silence_chunks) * chunk
     stream = np.concatenate([np.zeros(lead * chunk, np.float32), audio, np.zeros(tail, np.float32)])
-    frames = encode_audio(model.encoder, stream)
     fe, state = StreamingLogMel(), model.encoder.init_state(1)
     with torch.inference_mode():
-        model.encoder.step(torch.cat([fe.push(stream), fe.flush()])[None], state)
-        model.encoder.flush(state)
-    return frames, {g: f[0] for g, f in state.overlaps.items()}
+        frames, _ = model.encoder.step(torch.cat([fe.push(stream), fe.flush()])[None], state)
+        rest, _ = model.encoder.flush(state)
+    return torch.cat([frames, rest], 1)[0], {g: f[0] for g, f in state.overlaps.items()}
 
 
 def _reference(model, tok, audio: np.ndarray) -> list[tuple[int, int]]:

@@ -462,14 +462,19 @@ class Recognizer:
         if n == 0:
             return []
         if n not in self._lead_in_embeddings:
-            chunk = round(model.chunk_ms * SAMPLE_RATE / 1000)
-            silence = np.zeros((n + 1) * chunk + round(model.encoder.wait_ms * SAMPLE_RATE / 1000), np.float32)
             with torch.inference_mode():
-                mel = StreamingLogMel().push(silence)
-                frames, _ = model.encoder.step(mel[None], model.encoder.init_state(1))
-                emb = model.speech_embeddings(frames[:, : n * model.frames_per_chunk])[0]
+                emb = model.speech_embeddings(self.lead_in_frames()[None])[0]
             self._lead_in_embeddings[n] = list(emb.view(n, model.slots_per_chunk, -1))
         return self._lead_in_embeddings[n]
+
+    def lead_in_frames(self) -> torch.Tensor:
+        """The encoder's frames (lead-in chunks * frames per chunk, C) of the lead-in's digital silence."""
+        model, n = self.model, self.options.lead_in_chunks
+        chunk = round(model.chunk_ms * SAMPLE_RATE / 1000)
+        silence = np.zeros((n + 1) * chunk + round(model.encoder.wait_ms * SAMPLE_RATE / 1000), np.float32)
+        with torch.inference_mode():
+            frames, _ = model.encoder.step(StreamingLogMel().push(silence)[None], model.encoder.init_state(1))
+        return frames[0, : n * model.frames_per_chunk]
 
     def session(self, on_piece: Callable[[int, int], None] | None = None) -> Session:
         return Session(self, on_piece)

@@ -90,19 +90,6 @@ def rows(work: Path, tok: WhisperBPETokenizer, emit_delay: int, n_ctx: int, prom
     return store, out
 
 
-def lead_in_frames(chunks: int) -> torch.Tensor:
-    """The shipped encoder's frames (chunks * 12, D) of the engine's lead-in: digital silence at a stream's start."""
-    from reallm_cli.audio.features import StreamingLogMel
-    from reallm_cli.engine import Recognizer
-    from reallm_cli.timebase import SAMPLE_RATE
-
-    enc = Recognizer.load(None, precision="fp32").model.encoder
-    silence = np.zeros(round(((chunks + 1) * enc.chunk_ms + enc.wait_ms) * SAMPLE_RATE / 1000), np.float32)
-    with torch.inference_mode():
-        frames, _ = enc.step(StreamingLogMel().push(silence)[None], enc.init_state(1))
-    return frames[0, :chunks * FRAMES_PER_CHUNK].clone()
-
-
 def mid_start(e: dict, cut: int, lead: torch.Tensor, carry: int, emit_delay: int, prompt: list[int], blank: int) -> dict:
     """Utterance row ``e`` as a context restarted at chunk ``cut`` sees it (``cross_context``): the lead-in's
     frames, then the utterance's own from chunk cut - carry on, the carried chunks' pieces given (no loss)."""
@@ -185,7 +172,10 @@ def main() -> int:
     examples += short * (args.short_boost - 1)
     print(f"{len(short)} utterances of at most two words, drawn {args.short_boost} times as often", flush=True)
     if args.mid_starts:
-        lead, rng, carry = lead_in_frames(2), random.Random(args.seed), 8  # as the engine's restarts
+        from reallm_cli.engine import Recognizer
+
+        # the shipped encoder's frames of the engine's lead-in, and the chunks its restarts carry
+        lead, rng, carry = Recognizer.load(None, precision="fp32").lead_in_frames(), random.Random(args.seed), 8
         long_enough = [e for e in examples if e["n"] >= (carry + 4) * FRAMES_PER_CHUNK]
         mids = [mid_start(e, rng.randrange(carry, -(-e["n"] // FRAMES_PER_CHUNK) - 2), lead, carry, args.emit_delay,
                           prompt, tok.blank) for e in rng.choices(long_enough, k=round(args.mid_starts * len(examples)))]
