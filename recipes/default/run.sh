@@ -23,10 +23,14 @@
 #   8  evaluate   compare.py: the three dev sets beside offline Whisper tiny.en and base         (15 min)
 #   9  word timer a character CTC head over stage 4's frames, for word times finer than the chunk:
 #                 word-timer.safetensors beside the model, offsets from dev-commonvoice (word_timer.py) (20 min)
-#  10 whisper decoder  a candidate: Whisper base's decoder streaming the ReaLLM way (whisper_decoder/, issue 33),
-#                 with WD_STEPS > 0 fine-tuned from WD_INIT (the committed candidate parts) on arm WD_ARM's
-#                 frames and alignments; its trained parts over the shipped encoder -> whisper-stream.safetensors,
-#                 compared with the shipped model at 480, 720 and 960 ms right context   (WD_STEPS/40 + 1 + 35 min)
+#  10 default model  Whisper base's decoder streaming the ReaLLM way (whisper_decoder/): the fine-tunes of
+#                 WD_PLAN one after the other on arm WD_ARM's frames and alignments, the first from WD_INIT;
+#                 the last one's trained parts over the shipped encoder -> whisper-stream.safetensors,
+#                 compared with the shipped model at 480, 720 and 960 ms right context  (steps/40 + 1 + 35 min)
+#                 The shipped model, bit for bit from its committed parts: WD_PLAN empty (the default).
+#                 Rebuilt from the committed stage-1 parts (22 min; round 1's data, README of whisper_decoder/):
+#                   WD_INIT=git:8fb8b39:weights/candidates/whisper-decoder-stage1.safetensors \
+#                   WD_PLAN="600:3e-5:2:0 400:3e-5:2:0.5"
 set -euo pipefail
 RECIPE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$RECIPE/../.." && pwd)
@@ -50,9 +54,9 @@ MAX_FRAMES=${MAX_FRAMES:-6000} VOCAB=${VOCAB:-512} SYNTH_HOURS=${SYNTH_HOURS:-2.
 SYNTH_VOICES=${SYNTH_VOICES:-}  # empty: every voice of synthetic_data.py
 SHORT_HOURS=${SHORT_HOURS:-0}  # more synthetic short texts (digits, numbers, phrases) on their own, with draws of round ROUND+1000
 NARROWBAND=${NARROWBAND:-}  # e.g. train=0.25,train_synthetic=0.25,train_synthetic_short=1; empty: no 8 kHz copies
-# The candidate's parts (E of 2026-12-07: recipes/default/whisper_decoder/README.md says how they were made)
-WD_INIT=${WD_INIT:-$REPO/weights/candidates/whisper-decoder.safetensors} WD_STEPS=${WD_STEPS:-0}
-WD_ARM=${WD_ARM:-c} WD_LR=${WD_LR:-3e-5} WD_SHORT_BOOST=${WD_SHORT_BOOST:-2}
+# Stage 10: the parts to start from (a file, git:COMMIT:PATH, or none for Whisper base's own decoder; the
+# default: the shipped model's parts) and the fine-tunes, each STEPS:LR:SHORT_BOOST:MID_STARTS (train.py's flags)
+WD_INIT=${WD_INIT:-$REPO/weights/candidates/whisper-decoder.safetensors} WD_PLAN=${WD_PLAN:-} WD_ARM=${WD_ARM:-c}
 ROUND=${ROUND:-0}  # stage 2's draws: 0 made the 2026-12-06 data; another round draws other copies and texts
 LABELS=${LABELS:-$RECIPE/labels/unlabeled-real.jsonl}
 stamp() { echo "== $(date -u +%H:%M:%S) stage $*"; }
@@ -145,11 +149,19 @@ fi
 if run 10; then
     stamp "10: whisper decoder"
     trained=$WD_INIT
-    if [ "$WD_STEPS" != 0 ]; then
-        python "$RECIPE/whisper_decoder/train.py" --work "$WORK/train-$WD_ARM" --out "$WORK/wd" --init "$WD_INIT" \
-            --steps "$WD_STEPS" --lr "$WD_LR" --short-boost "$WD_SHORT_BOOST" --threads "$THREADS"
-        trained=$WORK/wd/trained.safetensors
-    fi
+    case $WD_INIT in
+        git:*) IFS=: read -r _ commit path <<< "$WD_INIT"; trained=$WORK/wd-init.safetensors
+               [ -f "$trained" ] || { git show "$commit:$path" > "$trained.partial" && mv "$trained.partial" "$trained"; } ;;
+    esac
+    i=0
+    for step in $WD_PLAN; do  # each fine-tune resumes after a kill and is skipped once written
+        IFS=: read -r steps lr boost mids <<< "$step"; i=$((i + 1)); out=$WORK/wd-$i
+        [ -f "$out/trained.safetensors" ] || python "$RECIPE/whisper_decoder/train.py" --work "$WORK/train-$WD_ARM" \
+            --out "$out" $([ "$trained" = none ] || echo --init "$trained") --steps "$steps" --lr "$lr" \
+            --short-boost "$boost" --mid-starts "$mids" --threads "$THREADS"
+        trained=$out/trained.safetensors
+    done
+    [ "$trained" != none ] || { echo "run.sh: WD_INIT=none needs a WD_PLAN" >&2; exit 2; }
     [ -f "$WORK/whisper-stream.safetensors" ] || python "$RECIPE/whisper_decoder/export.py" \
         --trained "$trained" --out "$WORK/whisper-stream.safetensors"
     python "$RECIPE/compare.py" --out "$WORK/compare" --shared "$SHARED" --model "$WORK/whisper-stream.safetensors" \
