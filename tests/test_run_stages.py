@@ -1,9 +1,10 @@
 """recipes/default/run.sh: the default model's numbered stages, run on a tiny corpus.
 
 A fake ../shared/data (a few espeak-ng sentences as train-real, one clip as unlabeled-real with a label
-file) goes through stages 2-7: augmented data with a right context drawn per copy, a few synthetic
+file) goes through stages 2-7 and 10: augmented data with a right context drawn per copy, a few synthetic
 utterances beside it, the base model from git history, features at each of those right contexts, teacher
-and alignment, a few ReaLLM steps and the export with the merge. The stages run in two calls, as on two machines, and a stage run
+and alignment, a few ReaLLM steps and the export with the merge; then the default model's kind, Whisper
+base's decoder, fine-tuned on the same frames and alignments and exported. The stages run in two calls, as on two machines, and a stage run
 again redoes nothing.
 """
 
@@ -58,7 +59,9 @@ def run(args, env):
 DECODER_ONLY_COMMIT = "eea781a"
 
 
-def test_stages_two_to_seven_on_a_tiny_corpus(tmp_path):
+def test_stages_two_to_seven_and_ten_on_a_tiny_corpus(tmp_path):
+    from reallm_cli.audio.source import load_audio
+    from reallm_cli.engine import Recognizer
     from reallm_cli.model.checkpoint import load_model
 
     if subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{DECODER_ONLY_COMMIT}:weights/reallm-default.safetensors"],
@@ -108,6 +111,19 @@ def test_stages_two_to_seven_on_a_tiny_corpus(tmp_path):
     moved = [k for k, v in model.state_dict().items() if k.startswith("decoder.")
              and not (v == base.state_dict()[k]).all()]
     assert moved  # the merged decoder lies between the base and the fine-tuned ones
+
+    # stage 10: Whisper base's own decoder fine-tuned on arm b's frames and alignments, exported over the encoder
+    env = dict(env, WD_INIT="none", WD_PLAN="2:1e-5:1:0.5", WD_ARM="b")
+    out = run(["--stage", "10", "--stop-stage", "10", *common], env)
+    assert "stage 10" in out and "stage 11" not in out
+    trained = work / "wd-1" / "trained.safetensors"
+    made = trained.stat().st_mtime_ns
+    rec = Recognizer.load(str(work / "whisper-stream.safetensors"), precision="fp32")
+    assert rec.model.config.cross_attention
+    words = rec.transcribe_array(load_audio(by_id["u1_sp1.0"]["audio"]))  # it streams (two steps write anything)
+    assert all(0 <= w.start_s <= w.end_s <= w.emit_s for w in words)
+    run(["--stage", "10", "--stop-stage", "10", *common], env)  # a rerun trains nothing again
+    assert trained.stat().st_mtime_ns == made
 
 
 def test_unknown_option_is_refused_in_one_line(tmp_path):

@@ -25,8 +25,8 @@
 #                 word-timer.safetensors beside the model, offsets from dev-commonvoice (word_timer.py) (20 min)
 #  10 default model  Whisper base's decoder streaming the ReaLLM way (whisper_decoder/): the fine-tunes of
 #                 WD_PLAN one after the other on arm WD_ARM's frames and alignments, the first from WD_INIT;
-#                 the last one's trained parts over the shipped encoder -> whisper-stream.safetensors,
-#                 compared with the shipped model at 480, 720 and 960 ms right context  (steps/40 + 1 + 35 min)
+#                 the last one's trained parts over the shipped encoder -> whisper-stream.safetensors (steps/40 + 1 min)
+#  11 compare     stage 10's model beside the shipped one at 480, 720 and 960 ms right context (35 min)
 #                 The shipped model, bit for bit from its committed parts: WD_PLAN empty (the default).
 #                 Rebuilt from the committed stage-1 parts (22 min; round 1's data, README of whisper_decoder/):
 #                   WD_INIT=git:8fb8b39:weights/candidates/whisper-decoder-stage1.safetensors \
@@ -34,7 +34,7 @@
 set -euo pipefail
 RECIPE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$RECIPE/../.." && pwd)
-stage=0 stop_stage=10 WORK=${WORK:-$REPO/runs/default} SHARED=${SHARED:-$REPO/../shared/data}
+stage=0 stop_stage=11 WORK=${WORK:-$REPO/runs/default} SHARED=${SHARED:-$REPO/../shared/data}
 while [ $# -gt 0 ]; do
     case $1 in
         --stage) stage=$2; shift 2 ;;
@@ -147,7 +147,7 @@ if run 9; then
         --shared "$SHARED" --threads "$THREADS"
 fi
 if run 10; then
-    stamp "10: whisper decoder"
+    stamp "10: default model (Whisper base's decoder)"
     trained=$WD_INIT
     case $WD_INIT in
         git:*) IFS=: read -r _ commit path <<< "$WD_INIT"; trained=$WORK/wd-init.safetensors
@@ -164,6 +164,9 @@ if run 10; then
     [ "$trained" != none ] || { echo "run.sh: WD_INIT=none needs a WD_PLAN" >&2; exit 2; }
     [ -f "$WORK/whisper-stream.safetensors" ] || python "$RECIPE/whisper_decoder/export.py" \
         --trained "$trained" --out "$WORK/whisper-stream.safetensors"
+fi
+if run 11; then
+    stamp "11: compare"
     python "$RECIPE/compare.py" --out "$WORK/compare" --shared "$SHARED" --model "$WORK/whisper-stream.safetensors" \
         --name whisper-stream --model default --name shipped --right-context-ms 480,720,960 --threads 1
 fi

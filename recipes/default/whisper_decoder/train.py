@@ -177,8 +177,9 @@ def main() -> int:
         # the shipped encoder's frames of the engine's lead-in, and the chunks its restarts carry
         lead, rng, carry = Recognizer.load(None, precision="fp32").lead_in_frames(), random.Random(args.seed), 8
         long_enough = [e for e in examples if e["n"] >= (carry + 4) * FRAMES_PER_CHUNK]
+        drawn = rng.choices(long_enough, k=round(args.mid_starts * len(examples))) if long_enough else []
         mids = [mid_start(e, rng.randrange(carry, -(-e["n"] // FRAMES_PER_CHUNK) - 2), lead, carry, args.emit_delay,
-                          prompt, tok.blank) for e in rng.choices(long_enough, k=round(args.mid_starts * len(examples)))]
+                          prompt, tok.blank) for e in drawn]
         examples += mids
         print(f"{len(mids)} rows that begin mid-utterance", flush=True)
     params = [p for name, p in m.named_parameters() if name.startswith(TRAINED)]
