@@ -81,6 +81,21 @@ def model_file(tmp_path_factory):
     return path
 
 
+# The last decoder-only default model (shipped 2026-12-06), which the decoder-only recipe (recipes/default/train.py,
+# run.sh stages 3-7) fine-tunes; the shipped model since has a cross-attention decoder.
+DECODER_ONLY_COMMIT = "eea781a"
+
+
+def decoder_only_model(out: Path) -> Path:
+    """That model's file, from git history, written to ``out``; skips the test without that history."""
+    r = subprocess.run(["git", "-C", str(REPO), "show", f"{DECODER_ONLY_COMMIT}:weights/reallm-default.safetensors"],
+                       capture_output=True)
+    if r.returncode:
+        pytest.skip(f"git history without {DECODER_ONLY_COMMIT} (a shallow clone?)")
+    out.write_bytes(r.stdout)
+    return out
+
+
 def _default_sigint() -> None:
     """In the child before exec: Ctrl-C as a shell gives it, whatever this test process inherited."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)

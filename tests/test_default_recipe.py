@@ -17,7 +17,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, decoder_only_model
 
 pytestmark = [
     pytest.mark.slow,
@@ -43,12 +43,11 @@ def make_data(folder, texts, voices=("espeak-us",)):
     return folder
 
 
-def test_init_model_fine_tunes_the_shipped_model(tmp_path):
+def test_init_model_fine_tunes_a_shipped_decoder_only_model(tmp_path):
     from reallm_cli.model.checkpoint import load_model
-    from reallm_cli.weights import resolve_model
 
     data = make_data(tmp_path / "data", SENTENCES * 2, ("espeak-us", "espeak-gb"))
-    base = resolve_model(None)
+    base = decoder_only_model(tmp_path / "base.safetensors")
     work, out = tmp_path / "work", tmp_path / "tuned.safetensors"
     cmd = [sys.executable, str(REPO / "recipes" / "default" / "train.py"), "--data", str(data), "--work",
            str(work), "--init-model", str(base), "--out", str(out), "--vocab", "300", "--teacher-steps", "4",

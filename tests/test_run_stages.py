@@ -18,7 +18,7 @@ import subprocess
 import pytest
 import soundfile as sf
 
-from conftest import REPO
+from conftest import DECODER_ONLY_COMMIT, REPO, decoder_only_model
 
 pytestmark = [
     pytest.mark.slow,
@@ -55,18 +55,12 @@ def run(args, env):
     return r.stdout
 
 
-# Stages 3-7 fine-tune a decoder-only model: stage 3 takes the last decoder-only default model from git history
-DECODER_ONLY_COMMIT = "eea781a"
-
-
 def test_stages_two_to_seven_and_ten_on_a_tiny_corpus(tmp_path):
     from reallm_cli.audio.source import load_audio
     from reallm_cli.engine import Recognizer
     from reallm_cli.model.checkpoint import load_model
 
-    if subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{DECODER_ONLY_COMMIT}:weights/reallm-default.safetensors"],
-                      capture_output=True).returncode:
-        pytest.skip(f"git history without {DECODER_ONLY_COMMIT} (a shallow clone?)")
+    decoder_only_model(tmp_path / "decoder-only.safetensors")  # skips without git history; stage 3 takes it itself
     shared, work = tmp_path / "shared", tmp_path / "work"
     labels = fake_shared(shared)
     work.mkdir()
