@@ -86,13 +86,20 @@ def model_file(tmp_path_factory):
 DECODER_ONLY_COMMIT = "eea781a"
 
 
+DECODER_ONLY_BLOB = f"{DECODER_ONLY_COMMIT}:weights/reallm-default.safetensors"
+
+
+def require_decoder_only_model() -> None:
+    """Skip the test when git history lacks that model (a shallow clone, say)."""
+    if subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", DECODER_ONLY_BLOB], capture_output=True).returncode:
+        pytest.skip(f"git history without {DECODER_ONLY_COMMIT} (a shallow clone?)")
+
+
 def decoder_only_model(out: Path) -> Path:
     """That model's file, from git history, written to ``out``; skips the test without that history."""
-    r = subprocess.run(["git", "-C", str(REPO), "show", f"{DECODER_ONLY_COMMIT}:weights/reallm-default.safetensors"],
-                       capture_output=True)
-    if r.returncode:
-        pytest.skip(f"git history without {DECODER_ONLY_COMMIT} (a shallow clone?)")
-    out.write_bytes(r.stdout)
+    require_decoder_only_model()
+    out.write_bytes(subprocess.run(["git", "-C", str(REPO), "show", DECODER_ONLY_BLOB], capture_output=True,
+                                   check=True).stdout)
     return out
 
 

@@ -4,8 +4,8 @@ A fake ../shared/data (a few espeak-ng sentences as train-real, one clip as unla
 file) goes through stages 2-7 and 10: augmented data with a right context drawn per copy, a few synthetic
 utterances beside it, the base model from git history, features at each of those right contexts, teacher
 and alignment, a few ReaLLM steps and the export with the merge; then the default model's kind, Whisper
-base's decoder, fine-tuned on the same frames and alignments and exported. The stages run in two calls, as on two machines, and a stage run
-again redoes nothing.
+base's decoder, fine-tuned on the same frames and alignments and exported. The stages run in separate
+calls, as on separate machines, and a stage run again redoes nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import subprocess
 import pytest
 import soundfile as sf
 
-from conftest import DECODER_ONLY_COMMIT, REPO, decoder_only_model
+from conftest import DECODER_ONLY_COMMIT, REPO, require_decoder_only_model
 
 pytestmark = [
     pytest.mark.slow,
@@ -60,7 +60,7 @@ def test_stages_two_to_seven_and_ten_on_a_tiny_corpus(tmp_path):
     from reallm_cli.engine import Recognizer
     from reallm_cli.model.checkpoint import load_model
 
-    decoder_only_model(tmp_path / "decoder-only.safetensors")  # skips without git history; stage 3 takes it itself
+    require_decoder_only_model()  # stage 3 takes it from git history
     shared, work = tmp_path / "shared", tmp_path / "work"
     labels = fake_shared(shared)
     work.mkdir()
